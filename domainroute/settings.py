@@ -1,0 +1,93 @@
+"""All run-time settings in one place.
+
+Precedence (highest first): explicit argument > environment (``DOMAINROUTE_*``) > config file > default.
+The config file is TOML: ``$DOMAINROUTE_CONFIG`` if set, else ``./domainroute.toml`` if it exists.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+BUNDLED_PACK = PACKAGE_DIR / "packs" / "insurance"
+BUNDLED_BASE_MODEL = PACKAGE_DIR / "models" / "base"
+
+
+def config_file() -> Path | None:
+    explicit = os.environ.get("DOMAINROUTE_CONFIG")
+    if explicit:
+        return Path(explicit)
+    local = Path("domainroute.toml")
+    return local if local.exists() else None
+
+
+class Settings(BaseSettings):
+    """Every knob a run is configured with. Read once at the boundary (CLI, server), then passed down."""
+
+    model_config = SettingsConfigDict(env_prefix="DOMAINROUTE_", extra="forbid", validate_default=True)
+
+    data_dir: Path = Field(Path.home() / ".domainroute", description="Where the vector store and checkpoints live.")
+    pack_dir: Path = Field(BUNDLED_PACK, description="Domain pack: pack.toml, knowledge base, router, adapters.")
+    tenant: str = Field("northwind", description="Tenant whose documents retrieval may return.")
+
+    llm_backend: Literal["local", "tgi"] = Field("local", description="local = embedded transformers+peft engine.")
+    base_model_path: Path = Field(BUNDLED_BASE_MODEL, description="Any Hugging Face causal LM folder.")
+    tgi_url: str | None = Field(None, description="Base URL of a TGI server, for llm_backend=tgi.")
+    max_new_tokens: int = Field(160, ge=1, le=2048)
+    torch_threads: int = Field(2, ge=1, le=256)
+
+    retriever_backend: Literal["lancedb", "weaviate"] = "lancedb"
+    weaviate_url: str | None = None
+    top_k: int = Field(4, ge=1, le=20, description="Passages retrieved per turn (cap; the model cannot raise it).")
+    hybrid_alpha: float = Field(0.5, ge=0.0, le=1.0, description="Hybrid fusion weight: 1 = vector only, 0 = keyword only.")
+
+    @field_validator("tenant")
+    @classmethod
+    def _tenant_name(cls, value: str) -> str:
+        if not value or not value.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"tenant must be letters, digits, '-' or '_', got {value!r}")
+        return value
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_dir / "lancedb"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.data_dir / "checkpoints.sqlite"
+
+    @property
+    def kb_dir(self) -> Path:
+        return self.pack_dir / "kb"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.pack_dir / "adapters"
+
+    @property
+    def router_dir(self) -> Path:
+        return self.pack_dir / "router" / "model"
+
+    @property
+    def escalation_dir(self) -> Path:
+        return self.pack_dir / "escalation" / "model"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = config_file()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)

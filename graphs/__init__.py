@@ -1,0 +1,1 @@
+"""domainroute.graphs: the routed agent graph (``build_graph``), its state, context and prompts."""

@@ -1,0 +1,172 @@
+"""The graph's nodes: small typed functions returning partial state updates.
+
+Domain nodes are generated from the route configuration by ``make_domain_node``; nothing here is written once
+per domain.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any, Literal
+
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from langgraph.runtime import Runtime
+from langgraph.types import interrupt
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from domainroute.errors import RetrievalUnavailableError, UnknownAdapterError
+from domainroute.graphs import prompts
+from domainroute.graphs.citations import attach_citations
+from domainroute.graphs.context import AgentContext
+from domainroute.graphs.redaction import redact
+from domainroute.graphs.state import AgentState
+from domainroute.pack import OUT_OF_SCOPE, RouteConfig
+from domainroute.retrievers.base import SearchFilters
+from domainroute.schemas import Claim, EscalationDecision
+from domainroute.tools.retrieval import TOOL_NAME, search_policy_documents
+
+CLASSIFY = "classify"
+REFUSE = "refuse"
+CHECK_ESCALATION = "check_escalation"
+HUMAN_REVIEW = "human_review"
+FINALIZE = "finalize"
+RETRIEVAL_UNAVAILABLE = "retrieval_unavailable"
+TAKEOVER_MESSAGE = "A claims specialist has taken over your case and will contact you directly."
+
+
+def domain_node_name(route: str) -> str:
+    return f"domain_{route}"
+
+
+class HumanDecision(BaseModel):
+    """What a human sends to resume a paused thread."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["approve", "edit", "reject"]
+    text: str | None = None
+    reviewer: str | None = None
+
+    @model_validator(mode="after")
+    def _text_for_edit(self) -> "HumanDecision":
+        if self.action == "edit" and not (self.text and self.text.strip()):
+            raise ValueError("an 'edit' decision needs the edited answer text (--text)")
+        return self
+
+
+def classify(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    ctx = runtime.context
+    decision = ctx.router.route(state["query"], previous_route=state.get("route"))
+    route = ctx.pack.route(decision.route)
+    return {"route": route.name, "confidence": decision.confidence, "adapter": route.adapter_id}
+
+
+def pick_route(state: AgentState) -> str:
+    return REFUSE if state["route"] == OUT_OF_SCOPE else domain_node_name(state["route"])
+
+
+def refuse(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    text = prompts.refusal(runtime.context.pack.refusal)
+    return {"draft": text, "adapter": None, "passages": [], "citations": []}
+
+
+def _retrieve(query: str, route: RouteConfig, ctx: AgentContext) -> list[dict[str, Any]]:
+    call = {
+        "type": "tool_call",
+        "id": f"call_{uuid.uuid4().hex[:12]}",
+        "name": TOOL_NAME,
+        "args": {
+            "query": query,
+            "retriever": ctx.retriever,
+            "tenant": ctx.tenant,
+            "filters": SearchFilters(lines=tuple(route.retrieval.lines), doc_types=tuple(route.retrieval.doc_types),
+                                     as_of=ctx.as_of),
+            "k": route.retrieval.top_k,
+            "alpha": ctx.hybrid_alpha,
+        },
+    }
+    return list(search_policy_documents.invoke(call).artifact)
+
+
+def make_domain_node(route: RouteConfig) -> Callable[[AgentState, Runtime[AgentContext]], dict[str, Any]]:
+    """A node that retrieves within the route's scope, then calls the chat model with the route's adapter."""
+
+    def domain_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+        ctx = runtime.context
+        if route.adapter_id is not None and route.adapter_id not in ctx.adapters:
+            raise UnknownAdapterError(route.adapter_id, list(ctx.adapters))
+        try:
+            passages = _retrieve(state["query"], route, ctx)
+        except RetrievalUnavailableError as exc:
+            return {"passages": [], "retrieval_error": str(exc), "draft": ""}
+        from domainroute.schemas import Passage
+
+        shown = [Passage(**p) for p in passages]
+        messages = [SystemMessage(prompts.SYSTEM_PROMPT), HumanMessage(prompts.user_prompt(state["query"], shown))]
+        model = ctx.chat_model.bind(adapter_id=route.adapter_id, max_new_tokens=ctx.max_new_tokens)
+        reply = model.invoke(messages)
+        cited = attach_citations(reply.text, passages)
+        return {"passages": passages, "draft": cited.text, "citations": cited.citations}
+
+    domain_node.__name__ = domain_node_name(route.name)
+    return domain_node
+
+
+def check_escalation(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    claim = Claim(**state["claim"]) if state.get("claim") else None
+    decision = runtime.context.escalation_policy.decide(state["query"], claim)
+    if state.get("retrieval_error"):
+        reasons = sorted(set(decision.reasons) | {RETRIEVAL_UNAVAILABLE})
+        decision = EscalationDecision(escalate=True, score=1.0, reasons=reasons)
+    update: dict[str, Any] = {"escalation": decision.model_dump()}
+    if decision.escalate:
+        update.update(status="awaiting_human", answer=prompts.awaiting_human_message())
+    return update
+
+
+def needs_human(state: AgentState) -> str:
+    escalation = state.get("escalation") or {}
+    return HUMAN_REVIEW if escalation.get("escalate") else FINALIZE
+
+
+def escalation_packet(state: AgentState) -> dict[str, Any]:
+    """What the human sees: redacted; route, claim, reasons, a short summary, citations and the draft."""
+    turns = [m for m in state.get("messages", []) if m.type in ("human", "ai")][-6:]
+    summary = " | ".join(f"{'customer' if m.type == 'human' else 'agent'}: {redact(m.text)[:200]}" for m in turns)
+    reasons = list((state.get("escalation") or {}).get("reasons", []))
+    if state.get("retrieval_error"):
+        summary += f" | note: {prompts.retrieval_failed_reason()}"
+    return {
+        "route": state.get("route"),
+        "claim": state.get("claim"),
+        "reasons": reasons,
+        "score": (state.get("escalation") or {}).get("score"),
+        "query": redact(state["query"]),
+        "summary": summary,
+        "citations": state.get("citations", []),
+        "draft": redact(state.get("draft", "")),
+    }
+
+
+def human_review(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    decision = HumanDecision.model_validate(interrupt(escalation_packet(state)))
+    if decision.action == "approve":
+        answer, citations = state.get("draft") or TAKEOVER_MESSAGE, state.get("citations", [])
+    elif decision.action == "edit":
+        answer, citations = (decision.text or "").strip(), []
+    else:
+        answer, citations = (decision.text or "").strip() or TAKEOVER_MESSAGE, []
+    return {
+        "decision": decision.model_dump(),
+        "answer": answer,
+        "citations": citations,
+        "status": "answered",
+        "messages": [AIMessage(content=answer, name="human" if decision.action != "approve" else None)],
+    }
+
+
+def finalize(state: AgentState) -> dict[str, Any]:
+    refused = state["route"] == OUT_OF_SCOPE
+    answer = state.get("draft", "")
+    return {"answer": answer, "status": "refused" if refused else "answered", "messages": [AIMessage(content=answer)]}

@@ -1,0 +1,70 @@
+"""Prompt text. The base model is pretrained on exactly this format, so training and inference share it."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from domainroute.schemas import Passage
+
+SYSTEM_PROMPT = "You are a careful insurance assistant. Answer from the numbered passages only and cite them as [n]."
+SNIPPET_WORDS = 55
+_WORD = re.compile(r"[a-z0-9$%.,]+")
+_STOP = frozenset(
+    "a an the and or of to in on for is are was were be been do does did i my me we our you your it its this that "
+    "what how when why who which can could will would should if at by with from as about any there their they "
+    "not no yes have has had get got so than then just".split()
+)
+
+
+def sentences(text: str) -> list[str]:
+    flat = re.sub(r"\s+", " ", text).strip()
+    return [s.strip() for s in re.split(r"(?<=[.!?;:])\s+(?=[A-Z0-9(\"$])", flat) if s.strip()]
+
+
+def content_words(text: str) -> set[str]:
+    return {w.strip(".,") for w in _WORD.findall(text.lower())} - _STOP - {""}
+
+
+def snippet(text: str, query: str, *, max_words: int = SNIPPET_WORDS) -> str:
+    """The sentences of a passage that overlap the query most, in their original order, within ``max_words``."""
+    parts = sentences(text.split("\n", 1)[1] if "\n" in text else text)
+    if not parts:
+        return ""
+    wanted = content_words(query)
+    ranked = sorted(range(len(parts)), key=lambda i: (-len(content_words(parts[i]) & wanted), i))
+    keep, words = [], 0
+    for i in ranked:
+        n = len(parts[i].split())
+        if keep and words + n > max_words:
+            continue
+        keep.append(i)
+        words += n
+        if words >= max_words:
+            break
+    return " ".join(parts[i] for i in sorted(keep))
+
+
+def render_passages(passages: Sequence[Passage], query: str) -> str:
+    blocks = []
+    for n, p in enumerate(passages, start=1):
+        blocks.append(f"[{n}] {p.title} - {p.section}\n{snippet(p.text, query)}")
+    return "\n".join(blocks)
+
+
+def user_prompt(query: str, passages: Sequence[Passage]) -> str:
+    if not passages:
+        return f"Passages: none\nQuestion: {query}"
+    return f"Passages:\n{render_passages(passages, query)}\nQuestion: {query}"
+
+
+def refusal(pack_refusal: str) -> str:
+    return pack_refusal
+
+
+def awaiting_human_message() -> str:
+    return "A claims specialist will review this conversation and reply to you shortly."
+
+
+def retrieval_failed_reason() -> str:
+    return "could not retrieve policy documents"

@@ -1,0 +1,253 @@
+"""The Retriever contract on an embedded LanceDB folder: one table per tenant (``chunks__<tenant>``).
+
+Scores: vector mode = cosine similarity; keyword mode = BM25; hybrid = relative score fusion in [0, 1]
+(``retrievers/fusion.py``). Rows written by this instance mark the tenant's full-text index stale; it is rebuilt
+before the next keyword or hybrid search (rows not yet indexed are still searched, only more slowly).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from lancedb.expr import Expr, col, lit
+from lancedb.index import FTS
+from lancedb.table import Table
+
+from domainroute.embeddings import Embedder, default_embedder
+from domainroute.errors import BackendUnavailableError, ConfigError, RetrievalUnavailableError
+from domainroute.retrievers.base import Chunk, SearchFilters
+from domainroute.retrievers.documents import (
+    DocumentVersion,
+    check_document,
+    chunk_vectors,
+    passage_from_row,
+    stored_valid_to,
+    valid_to_by_version,
+)
+from domainroute.retrievers.failures import backend_errors
+from domainroute.retrievers.filters import ResolvedSearch, resolve_search, validate_tenant
+from domainroute.retrievers.fusion import relative_score_fusion
+from domainroute.schemas import Passage
+
+TABLE_PREFIX = "chunks__"
+HYBRID_POOL = 20
+"""Each hybrid leg fetches max(2k, HYBRID_POOL) candidates before fusion."""
+COLUMNS = [
+    "chunk_id", "doc_id", "version", "ordinal", "title", "section", "text",
+    "line", "doc_type", "effective_date", "valid_to", "tenant",
+]  # fmt: skip
+
+
+def table_schema(dim: int) -> pa.Schema:
+    strings = ["chunk_id", "doc_id", "title", "section", "text", "line", "doc_type", "tenant"]
+    fields = {name: pa.string() for name in strings} | {"version": pa.int32(), "ordinal": pa.int32()}
+    fields |= {"effective_date": pa.date32(), "valid_to": pa.date32()}
+    return pa.schema([pa.field(name, fields[name], nullable=False) for name in COLUMNS] + [
+        pa.field("vector", pa.list_(pa.float32(), dim), nullable=False)
+    ])  # fmt: skip
+
+
+class LanceDBRetriever:
+    """Tenant-isolated hybrid retrieval on a LanceDB folder; connects and loads the embedder on first use."""
+
+    def __init__(self, path: Path, *, embedder: Embedder | None = None) -> None:
+        self.path = Path(path)
+        self._embedder = embedder
+        self._connection: lancedb.DBConnection | None = None
+        self._lock = threading.RLock()
+        self._fts_fresh: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"LanceDBRetriever({str(self.path)!r})"
+
+    # -- the Retriever protocol ---------------------------------------------------------------------------------
+
+    def upsert_document(self, chunks: Sequence[Chunk], *, tenant: str) -> int:
+        doc = check_document(chunks, tenant=tenant)
+        vectors = chunk_vectors(doc.chunks, self._get_embedder)
+        name = TABLE_PREFIX + tenant
+        failure = f"could not store document {doc.doc_id!r} in LanceDB at {self.path}"
+        with self._lock, backend_errors(failure, BackendUnavailableError):
+            schema = table_schema(vectors.shape[1])
+            table = self._db().create_table(name, schema=schema, exist_ok=True)
+            _check_dim(table, vectors.shape[1])
+            source = pa.concat_tables([*self._rows(doc, vectors, table, schema)])
+            (
+                table.merge_insert("chunk_id")
+                .when_matched_update_all()
+                .when_not_matched_insert_all()
+                .when_not_matched_by_source_delete((col("doc_id") == lit(doc.doc_id)) & (col("version") == lit(doc.version)))
+                .execute(source)
+            )  # fmt: skip
+            self._fts_fresh.discard(name)
+        return len(doc.chunks)
+
+    def search(
+        self,
+        query: str,
+        *,
+        tenant: str,
+        k: int,
+        filters: SearchFilters = SearchFilters(),
+        alpha: float = 0.5,
+        mode: str = "hybrid",
+    ) -> list[Passage]:
+        s = resolve_search(query, tenant=tenant, k=k, filters=filters, alpha=alpha, mode=mode)
+        use_vector = s.mode == "vector" or (s.mode == "hybrid" and s.alpha > 0.0)
+        use_keyword = s.mode == "keyword" or (s.mode == "hybrid" and s.alpha < 1.0)
+        vector = self._get_embedder().encode_one(s.query) if use_vector else None
+        pool = s.k if s.mode != "hybrid" else min(max(2 * s.k, HYBRID_POOL), 100)
+        with backend_errors(f"could not retrieve policy documents: LanceDB at {self.path}", RetrievalUnavailableError):
+            table = self._open(s.tenant)
+            if table is None:
+                return []
+            where = _where(s)
+            vector_hits = self._vector_hits(table, vector, where, pool) if vector is not None else []
+            keyword_hits = self._keyword_hits(table, s.query, where, pool) if use_keyword else []
+        if s.mode == "hybrid":
+            ranked = relative_score_fusion(vector_hits, keyword_hits, alpha=s.alpha, k=s.k)
+        else:
+            ranked = [(row, score) for _, row, score in (vector_hits or keyword_hits)]
+        return [passage_from_row(row, tenant=s.tenant, score=score) for row, score in ranked]
+
+    def count(self, *, tenant: str) -> int:
+        validate_tenant(tenant)
+        with backend_errors(f"could not read LanceDB at {self.path}", RetrievalUnavailableError):
+            table = self._open(tenant)
+            return 0 if table is None else table.count_rows()
+
+    def tenants(self) -> list[str]:
+        with backend_errors(f"could not read LanceDB at {self.path}", RetrievalUnavailableError):
+            names = self._table_names()
+        return sorted(n.removeprefix(TABLE_PREFIX) for n in names if n.startswith(TABLE_PREFIX))
+
+    def healthy(self) -> bool:
+        """True when the folder opens and lists its tables; False (never raises) otherwise."""
+        try:
+            self.tenants()
+        except RetrievalUnavailableError:
+            return False
+        return True
+
+    def close(self) -> None:
+        """Forget the connection (LanceDB holds no server resources); the next call reconnects."""
+        with self._lock:
+            self._connection = None
+            self._fts_fresh.clear()
+
+    # -- internals ----------------------------------------------------------------------------------------------
+
+    def _get_embedder(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = default_embedder()
+        return self._embedder
+
+    def _db(self) -> lancedb.DBConnection:
+        with self._lock:
+            if self._connection is None:
+                self._connection = lancedb.connect(self.path)
+            return self._connection
+
+    def _table_names(self) -> list[str]:
+        names: list[str] = []
+        page_token = None
+        while True:
+            response = self._db().list_tables(page_token=page_token)
+            names.extend(response.tables)
+            page_token = response.page_token
+            if not page_token:
+                return names
+
+    def _open(self, tenant: str) -> Table | None:
+        name = TABLE_PREFIX + tenant
+        return self._db().open_table(name) if name in self._table_names() else None
+
+    def _rows(self, doc: DocumentVersion, vectors: np.ndarray, table: Table, schema: pa.Schema) -> Iterator[pa.Table]:
+        """The new version's rows, then stored rows of other versions whose valid_to changes (one atomic merge)."""
+        others = (
+            table.search()
+            .where((col("doc_id") == lit(doc.doc_id)) & (col("version") != lit(doc.version)))
+            .select(schema.names)
+            .limit(None)
+            .to_arrow()
+        )
+        stored = others["version"].to_pylist()
+        effective = dict(zip(stored, others["effective_date"].to_pylist(), strict=True))
+        valid_to = valid_to_by_version(effective | {doc.version: doc.effective_date})
+        new_valid_to = stored_valid_to(valid_to[doc.version])
+        yield pa.Table.from_pylist(
+            [_row(chunk, vector, new_valid_to) for chunk, vector in zip(doc.chunks, vectors.tolist(), strict=True)],
+            schema=schema,
+        )
+        wanted = pa.array([stored_valid_to(valid_to[v]) for v in stored], type=pa.date32())
+        changed = others.set_column(others.schema.get_field_index("valid_to"), "valid_to", wanted)
+        yield changed.filter(pc.not_equal(others["valid_to"], wanted)).cast(schema)
+
+    def _vector_hits(self, table: Table, vector: np.ndarray, where: Expr, limit: int) -> list[tuple[str, dict, float]]:
+        _check_dim(table, len(vector))
+        rows = (
+            table.search(vector.tolist(), query_type="vector", vector_column_name="vector")
+            .distance_type("cosine")
+            .where(where, prefilter=True)
+            .select([*COLUMNS, "_distance"])
+            .limit(limit)
+            .to_list()
+        )
+        return [(row["chunk_id"], row, 1.0 - float(row["_distance"])) for row in rows]
+
+    def _keyword_hits(self, table: Table, query: str, where: Expr, limit: int) -> list[tuple[str, dict, float]]:
+        self._ensure_fts(table)
+        rows = (
+            table.search(query, query_type="fts", fts_columns="text")
+            .where(where, prefilter=True)
+            .select([*COLUMNS, "_score"])
+            .limit(limit)
+            .to_list()
+        )
+        return [(row["chunk_id"], row, float(row["_score"])) for row in rows]
+
+    def _ensure_fts(self, table: Table) -> None:
+        """(Re)build the full-text index on ``text`` when it is missing or rows were written since it was built."""
+        if table.name in self._fts_fresh:
+            return
+        with self._lock:
+            if table.name in self._fts_fresh:
+                return
+            indices = [i for i in table.list_indices() if i.index_type == "FTS" and list(i.columns) == ["text"]]
+            if not indices or any(i.num_unindexed_rows for i in indices):
+                table.create_index("text", config=FTS(), replace=True)
+            self._fts_fresh.add(table.name)
+
+
+def _row(chunk: Chunk, vector: list[float], valid_to: date) -> dict[str, Any]:
+    return {name: getattr(chunk, name) for name in COLUMNS if name != "valid_to"} | {
+        "valid_to": valid_to,
+        "vector": vector,
+    }
+
+
+def _where(s: ResolvedSearch) -> Expr:
+    """Tenant (again, inside the tenant's own table), validity on as_of, then the optional line/doc_type lists."""
+    where = (col("tenant") == lit(s.tenant)) & (col("effective_date") <= lit(s.as_of)) & (col("valid_to") > lit(s.as_of))
+    if s.lines:
+        where = where & col("line").isin(list(s.lines))
+    if s.doc_types:
+        where = where & col("doc_type").isin(list(s.doc_types))
+    return where
+
+
+def _check_dim(table: Table, dim: int) -> None:
+    stored = table.schema.field("vector").type.list_size
+    if stored != dim:
+        raise ConfigError(
+            f"vectors have {dim} dimensions but LanceDB table {table.name!r} stores {stored}: "
+            "it was built with another embedder; re-ingest into a fresh store"
+        )

@@ -1,0 +1,1 @@
+"""domainroute.tools"""
