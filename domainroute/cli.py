@@ -117,7 +117,7 @@ def cmd_train_base(args: argparse.Namespace) -> int:
     try:
         cfg = BaseModelConfig(steps=args.steps, hidden_size=args.hidden_size, num_layers=args.layers,
                               num_heads=args.heads, intermediate_size=args.intermediate_size, seed=args.seed,
-                              batch_size=args.batch_size)
+                              batch_size=args.batch_size, threads=args.threads, max_seq_len=args.max_seq_len)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     out = Path(args.out) if args.out else BUNDLED_BASE_MODEL
@@ -289,15 +289,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = add("train-base", cmd_train_base, "Pretrain the small bundled base model from the pack's knowledge base.",
-            "domainroute train-base --steps 1400")
+            "domainroute train-base")
     p.add_argument("--out", help="output folder (default: the bundled model folder)")
-    p.add_argument("--steps", type=int, default=1400, help="optimizer steps (default 1400, ~15 min on 2 cores)")
+    p.add_argument("--steps", type=int, default=900, help="optimizer steps (default 900, ~20 min on 2 cores)")
     p.add_argument("--hidden-size", type=int, default=192)
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--intermediate-size", type=int, default=576)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=12)
     p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (1 is fastest on a busy 2-core machine; use all cores when idle)")
+    p.add_argument("--max-seq-len", dest="max_seq_len", type=int, default=384, help="training sequence length")
 
     p = add("route", cmd_route, "Route queries: one QUERY, or --jsonl reads {\"query\": str} lines from stdin and "
             "writes {\"route\", \"confidence\"} lines.", "echo '{\"query\": \"hail hit my roof\"}' | domainroute route --jsonl")
@@ -319,6 +322,14 @@ def build_parser() -> argparse.ArgumentParser:
             "domainroute router train")
     p.add_argument("action", choices=["train", "eval"])
     p.add_argument("--split", default="test", choices=["train", "validation", "test"], help="split for eval")
+
+    import importlib
+    import pkgutil
+
+    from domainroute import commands
+
+    for module_info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        importlib.import_module(f"domainroute.commands.{module_info.name}").register(add)
     return parser
 
 

@@ -71,6 +71,7 @@ class AgentService:
             if not self.settings.tgi_url:
                 raise ConfigError("llm_backend is 'tgi' but no tgi_url is set (DOMAINROUTE_TGI_URL)")
             return TGIChatModel(base_url=self.settings.tgi_url, adapters=sorted(self.adapters),
+                                tokenizer_path=self.settings.base_model_path,
                                 max_new_tokens=self.settings.max_new_tokens)
         from domainroute.agents.local_engine import LocalChatModel
 

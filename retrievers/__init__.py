@@ -1,1 +1,44 @@
 """domainroute.retrievers"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from domainroute.errors import ConfigError
+
+if TYPE_CHECKING:
+    from domainroute.embeddings import Embedder
+    from domainroute.retrievers.base import Retriever
+
+BACKENDS = ("lancedb", "weaviate")
+
+
+def make_retriever(
+    backend: str,
+    *,
+    store_path: Path | str | None = None,
+    weaviate_url: str | None = None,
+    embedder: Embedder | None = None,
+) -> Retriever:
+    """The retriever for ``backend`` (settings.retriever_backend); only that backend's package is imported.
+
+    lancedb needs ``store_path`` (settings.store_path); weaviate needs ``weaviate_url`` (settings.weaviate_url).
+    Nothing connects until the first call on the retriever.
+    """
+    if backend == "lancedb":
+        if store_path is None:
+            raise ConfigError("the lancedb retriever needs store_path (a folder, e.g. ~/.domainroute/lancedb)")
+        from domainroute.retrievers.lancedb_store import LanceDBRetriever
+
+        return LanceDBRetriever(Path(store_path), embedder=embedder)
+    if backend == "weaviate":
+        if not weaviate_url:
+            raise ConfigError(
+                "the weaviate retriever needs weaviate_url (e.g. http://127.0.0.1:8080); "
+                "set DOMAINROUTE_WEAVIATE_URL or weaviate_url in domainroute.toml"
+            )
+        from domainroute.retrievers.weaviate_store import WeaviateRetriever
+
+        return WeaviateRetriever(weaviate_url, embedder=embedder)
+    raise ConfigError(f"unknown retriever backend {backend!r}; known: {', '.join(BACKENDS)}")

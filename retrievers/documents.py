@@ -65,10 +65,12 @@ def chunk_vectors(chunks: Sequence[Chunk], embedder: Callable[[], Embedder]) -> 
     encoded: dict[int, np.ndarray] = {}
     if missing:
         encoded = dict(zip(missing, embedder().encode([embedding_text(chunks[i]) for i in missing]), strict=True))
-    rows = [encoded[i] if i in encoded else np.asarray(chunk.vector, dtype=np.float32) for i, chunk in enumerate(chunks)]
-    dims = {row.shape for row in rows}
-    if len(dims) != 1 or len(next(iter(dims))) != 1 or next(iter(dims))[0] == 0:
-        raise InputError(f"{chunks[0].doc_id}: chunk vectors must be non-empty and of one length, got {sorted(dims)}")
+    rows = [
+        encoded[i] if i in encoded else np.asarray(chunk.vector, dtype=np.float32) for i, chunk in enumerate(chunks)
+    ]
+    shapes = {row.shape for row in rows}
+    if len(shapes) != 1 or rows[0].ndim != 1 or rows[0].size == 0:
+        raise InputError(f"{chunks[0].doc_id}: chunk vectors must be flat, non-empty and of one length: {shapes}")
     vectors = np.stack(rows)
     if not np.isfinite(vectors).all():
         raise InputError(f"{chunks[0].doc_id}: a chunk vector contains NaN or infinity")

@@ -8,7 +8,7 @@ before the next keyword or hybrid search (rows not yet indexed are still searche
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -44,15 +44,13 @@ COLUMNS = [
     "chunk_id", "doc_id", "version", "ordinal", "title", "section", "text",
     "line", "doc_type", "effective_date", "valid_to", "tenant",
 ]  # fmt: skip
+_NOT_TEXT = {"version": pa.int32(), "ordinal": pa.int32(), "effective_date": pa.date32(), "valid_to": pa.date32()}
 
 
 def table_schema(dim: int) -> pa.Schema:
-    strings = ["chunk_id", "doc_id", "title", "section", "text", "line", "doc_type", "tenant"]
-    fields = {name: pa.string() for name in strings} | {"version": pa.int32(), "ordinal": pa.int32()}
-    fields |= {"effective_date": pa.date32(), "valid_to": pa.date32()}
-    return pa.schema([pa.field(name, fields[name], nullable=False) for name in COLUMNS] + [
-        pa.field("vector", pa.list_(pa.float32(), dim), nullable=False)
-    ])  # fmt: skip
+    """One row per chunk; dates are date32 (valid_to of the newest version = OPEN_END); ``vector`` is float32[dim]."""
+    fields = [pa.field(name, _NOT_TEXT.get(name, pa.string()), nullable=False) for name in COLUMNS]
+    return pa.schema([*fields, pa.field("vector", pa.list_(pa.float32(), dim), nullable=False)])
 
 
 class LanceDBRetriever:
@@ -79,14 +77,15 @@ class LanceDBRetriever:
             schema = table_schema(vectors.shape[1])
             table = self._db().create_table(name, schema=schema, exist_ok=True)
             _check_dim(table, vectors.shape[1])
-            source = pa.concat_tables([*self._rows(doc, vectors, table, schema)])
+            source = _merge_source(doc, vectors, table, schema)
+            this_version = (col("doc_id") == lit(doc.doc_id)) & (col("version") == lit(doc.version))
             (
                 table.merge_insert("chunk_id")
                 .when_matched_update_all()
                 .when_not_matched_insert_all()
-                .when_not_matched_by_source_delete((col("doc_id") == lit(doc.doc_id)) & (col("version") == lit(doc.version)))
+                .when_not_matched_by_source_delete(this_version)
                 .execute(source)
-            )  # fmt: skip
+            )
             self._fts_fresh.discard(name)
         return len(doc.chunks)
 
@@ -101,14 +100,16 @@ class LanceDBRetriever:
         mode: str = "hybrid",
     ) -> list[Passage]:
         s = resolve_search(query, tenant=tenant, k=k, filters=filters, alpha=alpha, mode=mode)
+        failure = f"could not retrieve policy documents: LanceDB at {self.path}"
+        with backend_errors(failure, RetrievalUnavailableError):
+            table = self._open(s.tenant)
+        if table is None:
+            return []
         use_vector = s.mode == "vector" or (s.mode == "hybrid" and s.alpha > 0.0)
         use_keyword = s.mode == "keyword" or (s.mode == "hybrid" and s.alpha < 1.0)
         vector = self._get_embedder().encode_one(s.query) if use_vector else None
         pool = s.k if s.mode != "hybrid" else min(max(2 * s.k, HYBRID_POOL), 100)
-        with backend_errors(f"could not retrieve policy documents: LanceDB at {self.path}", RetrievalUnavailableError):
-            table = self._open(s.tenant)
-            if table is None:
-                return []
+        with backend_errors(failure, RetrievalUnavailableError):
             where = _where(s)
             vector_hits = self._vector_hits(table, vector, where, pool) if vector is not None else []
             keyword_hits = self._keyword_hits(table, s.query, where, pool) if use_keyword else []
@@ -170,27 +171,6 @@ class LanceDBRetriever:
         name = TABLE_PREFIX + tenant
         return self._db().open_table(name) if name in self._table_names() else None
 
-    def _rows(self, doc: DocumentVersion, vectors: np.ndarray, table: Table, schema: pa.Schema) -> Iterator[pa.Table]:
-        """The new version's rows, then stored rows of other versions whose valid_to changes (one atomic merge)."""
-        others = (
-            table.search()
-            .where((col("doc_id") == lit(doc.doc_id)) & (col("version") != lit(doc.version)))
-            .select(schema.names)
-            .limit(None)
-            .to_arrow()
-        )
-        stored = others["version"].to_pylist()
-        effective = dict(zip(stored, others["effective_date"].to_pylist(), strict=True))
-        valid_to = valid_to_by_version(effective | {doc.version: doc.effective_date})
-        new_valid_to = stored_valid_to(valid_to[doc.version])
-        yield pa.Table.from_pylist(
-            [_row(chunk, vector, new_valid_to) for chunk, vector in zip(doc.chunks, vectors.tolist(), strict=True)],
-            schema=schema,
-        )
-        wanted = pa.array([stored_valid_to(valid_to[v]) for v in stored], type=pa.date32())
-        changed = others.set_column(others.schema.get_field_index("valid_to"), "valid_to", wanted)
-        yield changed.filter(pc.not_equal(others["valid_to"], wanted)).cast(schema)
-
     def _vector_hits(self, table: Table, vector: np.ndarray, where: Expr, limit: int) -> list[tuple[str, dict, float]]:
         _check_dim(table, len(vector))
         rows = (
@@ -227,6 +207,28 @@ class LanceDBRetriever:
             self._fts_fresh.add(table.name)
 
 
+def _merge_source(doc: DocumentVersion, vectors: np.ndarray, table: Table, schema: pa.Schema) -> pa.Table:
+    """The new version's rows plus the stored rows of other versions whose valid_to changes: one atomic merge."""
+    others = (
+        table.search()
+        .where((col("doc_id") == lit(doc.doc_id)) & (col("version") != lit(doc.version)))
+        .select(schema.names)
+        .limit(None)
+        .to_arrow()
+    )
+    stored = others["version"].to_pylist()
+    effective = dict(zip(stored, others["effective_date"].to_pylist(), strict=True))
+    valid_to = valid_to_by_version(effective | {doc.version: doc.effective_date})
+    new_valid_to = stored_valid_to(valid_to[doc.version])
+    new_rows = pa.Table.from_pylist(
+        [_row(chunk, vector, new_valid_to) for chunk, vector in zip(doc.chunks, vectors.tolist(), strict=True)],
+        schema=schema,
+    )
+    wanted = pa.array([stored_valid_to(valid_to[v]) for v in stored], type=pa.date32())
+    moved = others.set_column(others.schema.get_field_index("valid_to"), "valid_to", wanted)
+    return pa.concat_tables([new_rows, moved.filter(pc.not_equal(others["valid_to"], wanted)).cast(schema)])
+
+
 def _row(chunk: Chunk, vector: list[float], valid_to: date) -> dict[str, Any]:
     return {name: getattr(chunk, name) for name in COLUMNS if name != "valid_to"} | {
         "valid_to": valid_to,
@@ -236,7 +238,8 @@ def _row(chunk: Chunk, vector: list[float], valid_to: date) -> dict[str, Any]:
 
 def _where(s: ResolvedSearch) -> Expr:
     """Tenant (again, inside the tenant's own table), validity on as_of, then the optional line/doc_type lists."""
-    where = (col("tenant") == lit(s.tenant)) & (col("effective_date") <= lit(s.as_of)) & (col("valid_to") > lit(s.as_of))
+    where = col("tenant") == lit(s.tenant)
+    where = where & (col("effective_date") <= lit(s.as_of)) & (col("valid_to") > lit(s.as_of))
     if s.lines:
         where = where & col("line").isin(list(s.lines))
     if s.doc_types:

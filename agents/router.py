@@ -1,0 +1,532 @@
+"""The learned router: sentence embeddings -> multinomial logistic regression -> temperature-calibrated route.
+
+What it decides, in order:
+
+1. Calibrated probabilities over every pack route (``out_of_scope`` is a route with its own examples).
+2. Abstain: if the top route is a domain route whose probability is under ``max(abstain_threshold,
+   route.min_confidence)``, the answer is ``out_of_scope``. ``abstain_threshold`` is chosen on the validation
+   split: best accuracy subject to out-of-scope recall >= ``oos_recall_target``.
+3. Follow-ups: with ``previous_route`` set and a short query (<= ``FOLLOW_UP_MAX_WORDS`` words), the previous
+   route is kept unless the query alone is confidently elsewhere (top probability >= ``follow_up_threshold``,
+   chosen on validation, see ``_choose_follow_up_threshold``).
+
+The model is two arrays (``classifier.safetensors``: coefficients and intercepts) plus ``manifest.json``
+(routes, thresholds, temperature, data hashes, test metrics): no pickle. Train with :func:`train_router`
+(``domainroute router train``), load with :func:`load_router`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from domainroute.errors import ConfigError
+from domainroute.pack import OUT_OF_SCOPE, Pack, load_pack
+from domainroute.schemas import RouteDecision, validate_query
+
+from domainroute.agents import splits as splits_mod
+
+FORMAT = 1
+FOLLOW_UP_MAX_WORDS = 8
+"""A query this short, in a thread that already has a route, is treated as a possible follow-up."""
+FOLLOW_UP_SWITCH_RECALL = 0.9
+"""The follow-up threshold is the stickiest one that still lets this share of short validation queries, asked
+after a *different* route, switch to their own (correct) route."""
+FOLLOW_UP_BOUNDS = (0.6, 0.95)
+PERSISTENCE_PRIOR = 0.7
+"""Prior that a follow-up stays on the thread's route; gives the confidence reported for a kept route."""
+CLASSIFIER_FILE = "classifier.safetensors"
+MANIFEST_FILE = "manifest.json"
+
+
+class TextEncoder(Protocol):
+    """What the router needs from an encoder: normalised vectors, one row per text."""
+
+    name: str
+
+    def encode(self, texts: list[str]) -> np.ndarray: ...
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# small numeric helpers, shared with escalation.py
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def ece(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error: bin-weighted gap between stated confidence and observed accuracy."""
+    p, y = np.asarray(confidence, dtype=float), np.asarray(correct, dtype=float)
+    if p.size == 0:
+        return float("nan")
+    idx = np.clip((p * bins).astype(int), 0, bins - 1)
+    return float(sum((idx == b).mean() * abs(p[idx == b].mean() - y[idx == b].mean()) for b in range(bins) if (idx == b).any()))
+
+
+def percentiles_ms(seconds: Sequence[float]) -> dict[str, float]:
+    ms = np.asarray(seconds, dtype=float) * 1000.0
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p95_ms": round(float(np.percentile(ms, 95)), 3)}
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def sha256_files(paths: Sequence[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(Path(p).name.encode() + b"\0" + Path(p).read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def next_version(model_dir: Path) -> tuple[int, dict[str, Any] | None]:
+    """The version a model saved into ``model_dir`` gets, and the manifest it replaces (if any)."""
+    path = Path(model_dir) / MANIFEST_FILE
+    if not path.exists():
+        return 1, None
+    old = json.loads(path.read_text(encoding="utf-8"))
+    return int(old.get("version", 0)) + 1, old
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Temperature minimising the negative log-likelihood of ``softmax(logits / T)``."""
+    from scipy.optimize import minimize_scalar
+
+    def nll(log_t: float) -> float:
+        p = softmax(logits / np.exp(log_t))
+        return float(-np.mean(np.log(p[np.arange(len(labels)), labels] + 1e-12)))
+
+    res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(np.exp(res.x))
+
+
+def fit_logreg(x: np.ndarray, y: np.ndarray, *, c: float, class_weight: str | None = None):
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=c, max_iter=2000, class_weight=class_weight).fit(x, y)
+
+
+def oof_decision(x: np.ndarray, y: np.ndarray, *, c: float, folds: int = 5, seed: int = 0,
+                 class_weight: str | None = None) -> np.ndarray:
+    """Out-of-fold decision values (logits) for every training row, for calibration without touching validation."""
+    from sklearn.model_selection import StratifiedKFold
+
+    folds = max(2, min(folds, int(np.bincount(y).min())))
+    out = None
+    for tr, te in StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(x, y):
+        clf = fit_logreg(x[tr], y[tr], c=c, class_weight=class_weight)
+        d = clf.decision_function(x[te])
+        if out is None:
+            out = np.zeros((len(y),) + d.shape[1:], dtype=float)
+        out[te] = d
+    assert out is not None
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RouterThresholds:
+    abstain: float
+    follow_up: float
+    min_confidence: dict[str, float]
+
+
+class EmbeddingRouter:
+    """Implements :class:`domainroute.agents.interfaces.Router` on sentence embeddings.
+
+    ``embedder``: anything with ``.encode(list[str]) -> np.ndarray`` of normalised rows (default: the shared
+    all-MiniLM-L6-v2 :func:`domainroute.embeddings.default_embedder`, loaded on first use).
+    """
+
+    def __init__(self, embedder: TextEncoder | None = None, *, oos_recall_target: float = 0.95,
+                 c_grid: Sequence[float] = (1.0, 4.0, 16.0, 64.0)):
+        if not 0.0 < oos_recall_target <= 1.0:
+            raise ValueError(f"oos_recall_target must be in (0, 1], got {oos_recall_target}")
+        self._embedder = embedder
+        self.oos_recall_target = oos_recall_target
+        self.c_grid = tuple(c_grid)
+        self.routes: list[str] = []
+        self.coef: np.ndarray | None = None
+        self.intercept: np.ndarray | None = None
+        self.temperature = 1.0
+        self.thresholds: RouterThresholds | None = None
+        self.fit_report: dict[str, Any] = {}
+        self.manifest: dict[str, Any] = {}
+
+    # -- plumbing -------------------------------------------------------------------------------------------
+    @property
+    def embedder(self) -> TextEncoder:
+        if self._embedder is None:
+            from domainroute.embeddings import default_embedder
+
+            self._embedder = default_embedder()
+        return self._embedder
+
+    @property
+    def encoder_name(self) -> str:
+        return str(getattr(self.embedder, "name", type(self.embedder).__name__))
+
+    @property
+    def fitted(self) -> bool:
+        return self.coef is not None and self.thresholds is not None
+
+    def _require_fitted(self) -> None:
+        if not self.fitted:
+            raise ConfigError("the router has no model yet: call fit(...) or load it (run `domainroute router train`)")
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        return np.asarray(self.embedder.encode(texts), dtype=np.float32)
+
+    def _proba_from_vectors(self, x: np.ndarray) -> np.ndarray:
+        assert self.coef is not None and self.intercept is not None
+        return softmax((x @ self.coef.T + self.intercept) / self.temperature)
+
+    def predict_proba(self, queries: list[str]) -> np.ndarray:
+        """Calibrated probabilities, one column per entry of ``self.routes``."""
+        self._require_fitted()
+        return self._proba_from_vectors(self._embed([validate_query(q) for q in queries]))
+
+    # -- training -------------------------------------------------------------------------------------------
+    def fit(self, examples: list[dict[str, str]], routes: list[str], validation: list[dict[str, str]] | None = None,
+            *, min_confidence: dict[str, float] | None = None) -> "EmbeddingRouter":
+        """Train on ``[{"query", "route"}]``; choose thresholds on ``validation`` (default: 20 % of examples).
+
+        ``routes`` must include ``out_of_scope``; ``min_confidence`` is the pack's per-route floor.
+        """
+        routes = list(routes)
+        if OUT_OF_SCOPE not in routes:
+            raise ValueError(f"routes must include {OUT_OF_SCOPE!r} (the refusal route), got {routes}")
+        if len(set(routes)) != len(routes):
+            raise ValueError(f"route names must be unique, got {routes}")
+        if validation is None:
+            parts = splits_mod.assign_splits(examples, splits_mod.route_label, ratios=(0.8, 0.2, 0.0))
+            examples, validation = parts["train"], parts["validation"]
+        for name, rows in (("examples", examples), ("validation", validation)):
+            unknown = sorted({r["route"] for r in rows} - set(routes))
+            if unknown:
+                raise ValueError(f"{name} use routes {unknown} that are not in routes {routes}; add them to pack.toml")
+        counts = {r: sum(1 for e in examples if e["route"] == r) for r in routes}
+        thin = [r for r, n in counts.items() if n < 2]
+        if thin:
+            raise ValueError(f"routes {thin} have fewer than 2 training examples; add examples to queries.jsonl")
+        if not validation:
+            raise ValueError("validation is empty; the abstain threshold is chosen on it")
+
+        index = {r: i for i, r in enumerate(routes)}
+        x_tr = self._embed([validate_query(e["query"]) for e in examples])
+        y_tr = np.array([index[e["route"]] for e in examples])
+        x_va = self._embed([validate_query(e["query"]) for e in validation])
+        y_va = np.array([index[e["route"]] for e in validation])
+
+        # C by validation log-loss; temperature from out-of-fold train logits, so validation stays for thresholds
+        best = None
+        for c in self.c_grid:
+            clf = fit_logreg(x_tr, y_tr, c=c)
+            p = clf.predict_proba(x_va)
+            loss = float(-np.mean(np.log(p[np.arange(len(y_va)), y_va] + 1e-12)))
+            if best is None or loss < best[0]:
+                best = (loss, c, clf)
+        assert best is not None
+        _, c, clf = best
+        self.temperature = fit_temperature(oof_decision(x_tr, y_tr, c=c), y_tr)
+        self.routes, self.coef, self.intercept = routes, clf.coef_.astype(np.float32), clf.intercept_.astype(np.float32)
+
+        floors = {r: float((min_confidence or {}).get(r, 0.0)) for r in routes}
+        p_va = self._proba_from_vectors(x_va)
+        abstain, abstain_report = self._choose_abstain(p_va, y_va, floors)
+        self.thresholds = RouterThresholds(abstain=abstain, follow_up=1.0, min_confidence=floors)
+        follow_up, follow_report = self._choose_follow_up_threshold(validation, p_va, y_va)
+        self.thresholds = RouterThresholds(abstain=abstain, follow_up=follow_up, min_confidence=floors)
+        top = p_va.argmax(axis=1)
+        self.fit_report = {
+            "n_train": len(examples), "n_validation": len(validation), "C": c,
+            "temperature": round(self.temperature, 4),
+            "validation_ece": round(ece(p_va.max(axis=1), top == y_va), 4),
+            "validation_ece_uncalibrated": round(ece(softmax(x_va @ self.coef.T + self.intercept).max(axis=1), top == y_va), 4),
+            **abstain_report, **follow_report,
+        }
+        return self
+
+    def _decide_many(self, p: np.ndarray, abstain: float, floors: dict[str, float]) -> np.ndarray:
+        oos = self.routes.index(OUT_OF_SCOPE)
+        top = p.argmax(axis=1)
+        bars = np.array([max(abstain, floors.get(r, 0.0)) for r in self.routes])
+        out = top.copy()
+        out[(top != oos) & (p.max(axis=1) < bars[top])] = oos
+        return out
+
+    def _choose_abstain(self, p: np.ndarray, y: np.ndarray, floors: dict[str, float]) -> tuple[float, dict[str, Any]]:
+        """Best validation accuracy subject to out-of-scope recall >= target; middle of the best plateau."""
+        oos = self.routes.index(OUT_OF_SCOPE)
+        cands = np.unique(np.concatenate([[0.0], p.max(axis=1), [1.0]]))
+        rows = []
+        for t in cands:
+            pred = self._decide_many(p, float(t), floors)
+            acc = float((pred == y).mean())
+            rec = float((pred[y == oos] == oos).mean()) if (y == oos).any() else 1.0
+            rows.append((float(t), acc, rec))
+        ok = [r for r in rows if r[2] >= self.oos_recall_target]
+        met = bool(ok)
+        if not ok:  # cannot reach the target: take the best out-of-scope recall, then accuracy
+            top_rec = max(r[2] for r in rows)
+            ok = [r for r in rows if r[2] == top_rec]
+        best_acc = max(r[1] for r in ok)
+        plateau = [r[0] for r in ok if r[1] == best_acc]
+        # the plateau's thresholds are candidate points; step to the middle of the open interval they span
+        lo = min(plateau)
+        hi_candidates = [t for t in cands if t > max(plateau)]
+        hi = float(hi_candidates[0]) if hi_candidates else max(plateau)
+        t = (lo + hi) / 2 if hi > lo else lo
+        pred = self._decide_many(p, t, floors)
+        return float(t), {
+            "abstain_threshold": round(float(t), 4),
+            "validation_accuracy": round(float((pred == y).mean()), 4),
+            "validation_oos_recall": round(float((pred[y == oos] == oos).mean()) if (y == oos).any() else 1.0, 4),
+            "oos_recall_target_met": met,
+        }
+
+    def _choose_follow_up_threshold(self, validation: list[dict[str, str]], p: np.ndarray,
+                                    y: np.ndarray) -> tuple[float, dict[str, Any]]:
+        """Stickiest threshold that lets FOLLOW_UP_SWITCH_RECALL of short, correctly routed validation queries
+        switch away from a different previous route (they are self-contained, so they should switch)."""
+        short = np.array([len(e["query"].split()) <= FOLLOW_UP_MAX_WORDS for e in validation])
+        right = p.argmax(axis=1) == y
+        conf = np.sort(p.max(axis=1)[short & right])
+        if conf.size == 0:
+            t = FOLLOW_UP_BOUNDS[1]
+        else:
+            # the largest t with share(conf >= t) >= target
+            k = int(np.floor((1 - FOLLOW_UP_SWITCH_RECALL) * conf.size))
+            t = float(conf[k])
+        t = float(np.clip(t, *FOLLOW_UP_BOUNDS))
+        return t, {"follow_up_threshold": round(t, 4), "follow_up_short_validation_queries": int(short.sum()),
+                   "follow_up_switch_rate": round(float((conf >= t).mean()), 4) if conf.size else None}
+
+    # -- inference ------------------------------------------------------------------------------------------
+    @staticmethod
+    def is_follow_up(query: str) -> bool:
+        return len(query.split()) <= FOLLOW_UP_MAX_WORDS
+
+    def route(self, query: str, *, previous_route: str | None = None) -> RouteDecision:
+        """The route for ``query``; ``out_of_scope`` when no route is confident enough."""
+        self._require_fitted()
+        text = validate_query(query)
+        if previous_route is not None and previous_route not in self.routes:
+            raise ValueError(f"unknown previous_route {previous_route!r}; known: {', '.join(self.routes)}")
+        p = self._proba_from_vectors(self._embed([text]))[0]
+        return self._decide(p, text, previous_route)
+
+    def _decide(self, p: np.ndarray, text: str, previous_route: str | None) -> RouteDecision:
+        assert self.thresholds is not None
+        top = int(p.argmax())
+        name, conf = self.routes[top], float(p[top])
+        if previous_route is not None and previous_route != OUT_OF_SCOPE and self.is_follow_up(text):
+            if name == previous_route or conf < self.thresholds.follow_up:
+                # not confidently elsewhere: stay, with the route's probability under a persistence prior
+                k = self.routes.index(previous_route)
+                others = (1 - PERSISTENCE_PRIOR) / max(1, len(self.routes) - 1)
+                stay = PERSISTENCE_PRIOR * float(p[k])
+                return RouteDecision(route=previous_route, confidence=min(1.0, stay / (stay + others * (1 - float(p[k])))))
+        if name != OUT_OF_SCOPE:
+            bar = max(self.thresholds.abstain, self.thresholds.min_confidence.get(name, 0.0))
+            if conf < bar:
+                return RouteDecision(route=OUT_OF_SCOPE, confidence=float(1.0 - conf))
+        return RouteDecision(route=name, confidence=min(1.0, max(0.0, conf)))
+
+    # -- evaluation -----------------------------------------------------------------------------------------
+    def evaluate(self, examples: list[dict[str, str]]) -> dict[str, Any]:
+        """Accuracy, macro-F1, per-route precision/recall, out-of-scope precision/recall, ECE and latency.
+
+        Every example goes through :meth:`route` one at a time, so the latency is the real per-query cost.
+        """
+        self._require_fitted()
+        if not examples:
+            raise ValueError("evaluate needs at least one example")
+        from sklearn.metrics import f1_score, precision_recall_fscore_support
+
+        preds, truth, times, top_conf, top_right = [], [], [], [], []
+        for e in examples:
+            t0 = time.perf_counter()
+            decision = self.route(e["query"])
+            times.append(time.perf_counter() - t0)
+            preds.append(decision.route)
+            truth.append(e["route"])
+        # calibration of the classifier itself (before abstaining), in one batch
+        p = self.predict_proba([e["query"] for e in examples])
+        top_conf = p.max(axis=1)
+        top_right = np.array([self.routes[i] for i in p.argmax(axis=1)]) == np.array(truth)
+        labels = list(self.routes)
+        prec, rec, f1, sup = precision_recall_fscore_support(truth, preds, labels=labels, zero_division=0)
+        per_route = {r: {"precision": round(float(prec[i]), 4), "recall": round(float(rec[i]), 4),
+                         "f1": round(float(f1[i]), 4), "support": int(sup[i])} for i, r in enumerate(labels)}
+        present = [r for r in labels if r in set(truth)]
+        return {
+            "n": len(examples),
+            "accuracy": round(float(np.mean(np.array(preds) == np.array(truth))), 4),
+            "macro_f1": round(float(f1_score(truth, preds, labels=present, average="macro", zero_division=0)), 4),
+            "per_route": per_route,
+            "out_of_scope_precision": per_route[OUT_OF_SCOPE]["precision"],
+            "out_of_scope_recall": per_route[OUT_OF_SCOPE]["recall"],
+            "ece": round(ece(top_conf, top_right), 4),
+            **percentiles_ms(times),
+        }
+
+    # -- persistence ----------------------------------------------------------------------------------------
+    def save(self, model_dir: Path, *, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Write ``classifier.safetensors`` and ``manifest.json``; returns the manifest."""
+        self._require_fitted()
+        assert self.thresholds is not None and self.coef is not None and self.intercept is not None
+        from safetensors.numpy import save_file
+
+        model_dir = Path(model_dir)
+        model_dir.mkdir(parents=True, exist_ok=True)
+        version, old = next_version(model_dir)
+        manifest = {
+            "kind": "domainroute.router", "format": FORMAT, "version": version,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "encoder": self.encoder_name, "routes": self.routes,
+            "temperature": self.temperature,
+            "thresholds": {"abstain": self.thresholds.abstain, "follow_up": self.thresholds.follow_up,
+                           "follow_up_max_words": FOLLOW_UP_MAX_WORDS,
+                           "min_confidence": self.thresholds.min_confidence},
+            "fit": self.fit_report,
+            "previous_version": {"version": old.get("version"), "test_metrics": old.get("test_metrics")} if old else None,
+            **(extra or {}),
+        }
+        save_file({"coef": np.ascontiguousarray(self.coef), "intercept": np.ascontiguousarray(self.intercept)},
+                  str(model_dir / CLASSIFIER_FILE))
+        (model_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        self.manifest = manifest
+        return manifest
+
+    @classmethod
+    def load(cls, model_dir: Path, *, embedder: TextEncoder | None = None) -> "EmbeddingRouter":
+        from safetensors.numpy import load_file
+
+        model_dir = Path(model_dir)
+        path = model_dir / MANIFEST_FILE
+        if not path.exists() or not (model_dir / CLASSIFIER_FILE).exists():
+            raise ConfigError(f"no router model in {model_dir}; run `domainroute router train`")
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        if manifest.get("kind") != "domainroute.router" or manifest.get("format") != FORMAT:
+            raise ConfigError(f"{path} is not a format-{FORMAT} router manifest; run `domainroute router train`")
+        arrays = load_file(str(model_dir / CLASSIFIER_FILE))
+        router = cls(embedder)
+        router.routes = list(manifest["routes"])
+        router.coef, router.intercept = arrays["coef"], arrays["intercept"]
+        if router.coef.shape[0] != len(router.routes):
+            raise ConfigError(f"{model_dir}: classifier has {router.coef.shape[0]} rows for {len(router.routes)} routes; "
+                              "run `domainroute router train`")
+        router.temperature = float(manifest["temperature"])
+        th = manifest["thresholds"]
+        router.thresholds = RouterThresholds(abstain=float(th["abstain"]), follow_up=float(th["follow_up"]),
+                                             min_confidence={k: float(v) for k, v in th["min_confidence"].items()})
+        router.fit_report = dict(manifest.get("fit", {}))
+        router.manifest = manifest
+        return router
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# pack-level entry points (the CLI calls these)
+
+
+def router_data_paths(pack_dir: Path) -> dict[str, Path]:
+    source = Path(pack_dir) / "router" / "queries.jsonl"
+    return {"source": source, **splits_mod.split_paths(source)}
+
+
+def _pack_floors(pack: Pack) -> dict[str, float]:
+    return {r.name: r.thresholds.min_confidence for r in pack.routes if r.kind == "domain"}
+
+
+def load_split(pack_dir: Path, split: str) -> list[dict[str, str]]:
+    paths = router_data_paths(pack_dir)
+    if split not in splits_mod.SPLITS:
+        raise ValueError(f"unknown split {split!r}; known: {', '.join(splits_mod.SPLITS)}")
+    if not paths[split].exists():
+        raise ConfigError(f"{paths[split]} is missing; run `domainroute router train` (it writes the splits)")
+    return [{"query": r["query"], "route": r["route"]} for r in splits_mod.read_jsonl(paths[split])]
+
+
+def train_router(pack_dir: Path, out_dir: Path | None = None, *, embedder: TextEncoder | None = None) -> dict[str, Any]:
+    """Train on the pack's ``router/`` data and save to ``out_dir`` (default ``<pack>/router/model``).
+
+    Updates the splits first if ``queries.jsonl`` has rows they do not hold (old rows never move), adds the
+    pack.toml ``examples`` to training, checks every pack route has data, and records the test metrics.
+    """
+    pack_dir = Path(pack_dir)
+    pack = load_pack(pack_dir)
+    paths = router_data_paths(pack_dir)
+    if not paths["source"].exists():
+        raise ConfigError(f"{paths['source']} is missing: write {{\"query\", \"route\"}} lines for every route")
+    if not splits_mod.splits_current(paths["source"]):
+        splits_mod.split_jsonl(paths["source"], "route")
+    train, validation, test = (load_split(pack_dir, s) for s in splits_mod.SPLITS)
+    routes = pack.route_names
+    for name, rows in (("train", train), ("validation", validation), ("test", test)):
+        unknown = sorted({r["route"] for r in rows} - set(routes))
+        if unknown:
+            raise ConfigError(f"router/{name}.jsonl uses routes {unknown} that pack.toml does not declare; "
+                              f"add a [[routes]] entry or remove those lines (pack routes: {', '.join(routes)})")
+    missing = [r for r in routes if not any(e["route"] == r for e in validation)]
+    if missing:
+        raise ConfigError(f"routes {missing} have no validation examples; add at least 5 examples per route to "
+                          f"{paths['source']} and train again")
+    held_out = {splits_mod.normalise(e["query"]) for e in validation + test}
+    seen = {splits_mod.normalise(e["query"]) for e in train}
+    extra = []
+    for r in pack.routes:
+        for q in r.examples:
+            if splits_mod.normalise(q) not in held_out | seen:
+                extra.append({"query": q, "route": r.name})
+                seen.add(splits_mod.normalise(q))
+
+    t0 = time.perf_counter()
+    router = EmbeddingRouter(embedder).fit(train + extra, routes, validation, min_confidence=_pack_floors(pack))
+    train_seconds = time.perf_counter() - t0
+    metrics = router.evaluate(test)
+    out_dir = Path(out_dir) if out_dir is not None else pack_dir / "router" / "model"
+    return router.save(out_dir, extra={
+        "data": {
+            "sha256": sha256_files([paths["train"], paths["validation"]]),
+            "files": {p.name: sha256_file(p) for p in (paths["train"], paths["validation"], paths["test"])},
+            "pack_toml_sha256": sha256_file(pack_dir / "pack.toml"),
+            "n_train": len(train), "n_pack_examples": len(extra), "n_validation": len(validation), "n_test": len(test),
+        },
+        "train_seconds": round(train_seconds, 2),
+        "test_metrics": metrics,
+    })
+
+
+def load_router(model_dir: Path, pack: Pack, *, embedder: TextEncoder | None = None) -> EmbeddingRouter:
+    """Load a saved router for ``pack``; the pack's per-route ``min_confidence`` applies at inference."""
+    router = EmbeddingRouter.load(model_dir, embedder=embedder)
+    if set(router.routes) != set(pack.route_names):
+        raise ConfigError(
+            f"the router model in {model_dir} was trained for routes {sorted(router.routes)} but the pack declares "
+            f"{sorted(pack.route_names)}; run `domainroute router train` to retrain it")
+    if router.manifest.get("encoder") != router.encoder_name:
+        raise ConfigError(f"the router model in {model_dir} was trained with encoder {router.manifest.get('encoder')!r}, "
+                          f"not {router.encoder_name!r}; run `domainroute router train`")
+    assert router.thresholds is not None
+    router.thresholds = RouterThresholds(abstain=router.thresholds.abstain, follow_up=router.thresholds.follow_up,
+                                         min_confidence={r: _pack_floors(pack).get(r, 0.0) for r in router.routes})
+    return router
+
+
+def evaluate_split(router: EmbeddingRouter, pack_dir: Path, split: str = "test") -> dict[str, Any]:
+    """Metrics of ``router`` on one of the pack's splits (``domainroute router eval``)."""
+    return router.evaluate(load_split(Path(pack_dir), split))
