@@ -44,6 +44,7 @@ FOLLOW_UP_BOUNDS = (0.6, 0.95)
 PERSISTENCE_PRIOR = 0.7
 """Prior that a follow-up stays on the thread's route; gives the confidence reported for a kept route."""
 CLASSIFIER_FILE = "classifier.safetensors"
+LEXICON_FILE = "lexicon.json"
 MANIFEST_FILE = "manifest.json"
 
 
@@ -134,6 +135,89 @@ def oof_decision(x: np.ndarray, y: np.ndarray, *, c: float, folds: int = 5, seed
     return out
 
 
+class LexicalFeatures:
+    """Learned TF-IDF features (word 1-2-grams, character 2-5-grams) that sit beside the sentence embedding.
+
+    The vocabulary and weights are fitted on training text, never written by hand; they let a linear model pick
+    up misspellings and domain jargon ("windsheild", "EUO", "SR-22") that a small encoder blurs. Saved as a term
+    list (JSON) and an idf array (safetensors), no pickle. Each analyzer's block is L2-normalised, as sklearn's
+    ``TfidfVectorizer(sublinear_tf=True)`` does.
+    """
+
+    ANALYZERS: tuple[tuple[str, tuple[int, int]], ...] = (("word", (1, 2)), ("char_wb", (2, 5)))
+
+    def __init__(self, vocab: dict[str, list[str]], idf: dict[str, np.ndarray]):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        names = [a for a, _ in self.ANALYZERS]
+        if sorted(vocab) != sorted(names) or sorted(idf) != sorted(names):
+            raise ConfigError(f"lexical features need analyzers {names}, got {sorted(vocab)}")
+        for a in names:
+            if len(vocab[a]) != len(idf[a]):
+                raise ConfigError(f"lexical analyzer {a!r}: {len(vocab[a])} terms but {len(idf[a])} idf weights")
+        self.vocab = {a: list(vocab[a]) for a in names}
+        self.idf = {a: np.asarray(idf[a], dtype=np.float32) for a in names}
+        self._index = {a: {t: i for i, t in enumerate(self.vocab[a])} for a in names}
+        self._analyze = {a: TfidfVectorizer(analyzer=a, ngram_range=r).build_analyzer() for a, r in self.ANALYZERS}
+
+    @classmethod
+    def fit(cls, texts: list[str]) -> "LexicalFeatures":
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        vocab, idf = {}, {}
+        for a, r in cls.ANALYZERS:
+            v = TfidfVectorizer(analyzer=a, ngram_range=r, sublinear_tf=True).fit(texts)
+            vocab[a] = sorted(v.vocabulary_, key=v.vocabulary_.__getitem__)
+            idf[a] = v.idf_.astype(np.float32)
+        return cls(vocab, idf)
+
+    @property
+    def dim(self) -> int:
+        return sum(len(t) for t in self.vocab.values())
+
+    def transform(self, texts: list[str]):
+        from scipy.sparse import csr_matrix, hstack
+
+        blocks = []
+        for a, _ in self.ANALYZERS:
+            index, idf = self._index[a], self.idf[a]
+            data: list[float] = []
+            cols: list[int] = []
+            ptr = [0]
+            for text in texts:
+                counts: dict[int, int] = {}
+                for term in self._analyze[a](text):
+                    j = index.get(term)
+                    if j is not None:
+                        counts[j] = counts.get(j, 0) + 1
+                j_sorted = sorted(counts)
+                vals = np.array([(1.0 + np.log(counts[j])) * idf[j] for j in j_sorted], dtype=np.float64)
+                norm = float(np.sqrt((vals ** 2).sum())) if vals.size else 0.0
+                data.extend((vals / norm).tolist() if norm > 0 else [])
+                cols.extend(j_sorted if norm > 0 else [])
+                ptr.append(len(cols))
+            blocks.append(csr_matrix((data, cols, ptr), shape=(len(texts), len(index)), dtype=np.float32))
+        return hstack(blocks, format="csr")
+
+    def design(self, dense: np.ndarray, texts: list[str]):
+        """``[dense | lexical]`` as one sparse matrix for the linear model."""
+        from scipy.sparse import csr_matrix, hstack
+
+        return hstack([csr_matrix(dense.astype(np.float32)), self.transform(texts)], format="csr")
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {f"idf_{a}": self.idf[a] for a, _ in self.ANALYZERS}
+
+    @classmethod
+    def from_saved(cls, vocab: dict[str, list[str]], arrays: dict[str, np.ndarray]) -> "LexicalFeatures":
+        return cls(vocab, {a: arrays[f"idf_{a}"] for a, _ in cls.ANALYZERS})
+
+
+def linear_scores(design, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
+    """``design @ coef.T + intercept`` for a dense array or a sparse matrix."""
+    return np.asarray(design @ coef.T) + intercept
+
+
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -145,20 +229,25 @@ class RouterThresholds:
 
 
 class EmbeddingRouter:
-    """Implements :class:`domainroute.agents.interfaces.Router` on sentence embeddings.
+    """Implements :class:`domainroute.agents.interfaces.Router` on sentence embeddings (plus learned lexical
+    features, ``lexical=True``).
 
-    ``embedder``: anything with ``.encode(list[str]) -> np.ndarray`` of normalised rows (default: the shared
-    all-MiniLM-L6-v2 :func:`domainroute.embeddings.default_embedder`, loaded on first use).
+    ``embedder``: anything with ``.encode(list[str]) -> np.ndarray`` of normalised rows and a ``name`` (default:
+    the shared all-MiniLM-L6-v2 :func:`domainroute.embeddings.default_embedder`, loaded on first use).
     """
 
-    def __init__(self, embedder: TextEncoder | None = None, *, oos_recall_target: float = 0.95,
-                 c_grid: Sequence[float] = (1.0, 4.0, 16.0, 64.0)):
+    def __init__(self, embedder: TextEncoder | None = None, *, lexical: bool = True, oos_recall_target: float = 0.95,
+                 c_grid: Sequence[float] = (4.0, 16.0, 64.0)):
         if not 0.0 < oos_recall_target <= 1.0:
             raise ValueError(f"oos_recall_target must be in (0, 1], got {oos_recall_target}")
+        if not c_grid or any(c <= 0 for c in c_grid):
+            raise ValueError(f"c_grid must be positive regularisation strengths, got {tuple(c_grid)}")
         self._embedder = embedder
+        self.lexical = lexical
         self.oos_recall_target = oos_recall_target
         self.c_grid = tuple(c_grid)
         self.routes: list[str] = []
+        self.features: LexicalFeatures | None = None
         self.coef: np.ndarray | None = None
         self.intercept: np.ndarray | None = None
         self.temperature = 1.0
@@ -187,17 +276,18 @@ class EmbeddingRouter:
         if not self.fitted:
             raise ConfigError("the router has no model yet: call fit(...) or load it (run `domainroute router train`)")
 
-    def _embed(self, texts: list[str]) -> np.ndarray:
-        return np.asarray(self.embedder.encode(texts), dtype=np.float32)
+    def _design(self, texts: list[str]):
+        emb = np.asarray(self.embedder.encode(texts), dtype=np.float32)
+        return emb if self.features is None else self.features.design(emb, texts)
 
-    def _proba_from_vectors(self, x: np.ndarray) -> np.ndarray:
+    def _proba(self, design) -> np.ndarray:
         assert self.coef is not None and self.intercept is not None
-        return softmax((x @ self.coef.T + self.intercept) / self.temperature)
+        return softmax(linear_scores(design, self.coef, self.intercept) / self.temperature)
 
     def predict_proba(self, queries: list[str]) -> np.ndarray:
         """Calibrated probabilities, one column per entry of ``self.routes``."""
         self._require_fitted()
-        return self._proba_from_vectors(self._embed([validate_query(q) for q in queries]))
+        return self._proba(self._design([validate_query(q) for q in queries]))
 
     # -- training -------------------------------------------------------------------------------------------
     def fit(self, examples: list[dict[str, str]], routes: list[str], validation: list[dict[str, str]] | None = None,
@@ -218,18 +308,19 @@ class EmbeddingRouter:
             unknown = sorted({r["route"] for r in rows} - set(routes))
             if unknown:
                 raise ValueError(f"{name} use routes {unknown} that are not in routes {routes}; add them to pack.toml")
-        counts = {r: sum(1 for e in examples if e["route"] == r) for r in routes}
-        thin = [r for r, n in counts.items() if n < 2]
+        thin = [r for r in routes if sum(1 for e in examples if e["route"] == r) < 2]
         if thin:
             raise ValueError(f"routes {thin} have fewer than 2 training examples; add examples to queries.jsonl")
         if not validation:
             raise ValueError("validation is empty; the abstain threshold is chosen on it")
 
         index = {r: i for i, r in enumerate(routes)}
-        x_tr = self._embed([validate_query(e["query"]) for e in examples])
+        q_tr = [validate_query(e["query"]) for e in examples]
+        q_va = [validate_query(e["query"]) for e in validation]
         y_tr = np.array([index[e["route"]] for e in examples])
-        x_va = self._embed([validate_query(e["query"]) for e in validation])
         y_va = np.array([index[e["route"]] for e in validation])
+        self.routes, self.features = routes, (LexicalFeatures.fit(q_tr) if self.lexical else None)
+        x_tr, x_va = self._design(q_tr), self._design(q_va)
 
         # C by validation log-loss; temperature from out-of-fold train logits, so validation stays for thresholds
         best = None
@@ -242,20 +333,22 @@ class EmbeddingRouter:
         assert best is not None
         _, c, clf = best
         self.temperature = fit_temperature(oof_decision(x_tr, y_tr, c=c), y_tr)
-        self.routes, self.coef, self.intercept = routes, clf.coef_.astype(np.float32), clf.intercept_.astype(np.float32)
+        self.coef, self.intercept = clf.coef_.astype(np.float32), clf.intercept_.astype(np.float32)
 
         floors = {r: float((min_confidence or {}).get(r, 0.0)) for r in routes}
-        p_va = self._proba_from_vectors(x_va)
+        p_va = self._proba(x_va)
         abstain, abstain_report = self._choose_abstain(p_va, y_va, floors)
-        self.thresholds = RouterThresholds(abstain=abstain, follow_up=1.0, min_confidence=floors)
-        follow_up, follow_report = self._choose_follow_up_threshold(validation, p_va, y_va)
+        follow_up, follow_report = self._choose_follow_up_threshold(q_va, p_va, y_va)
         self.thresholds = RouterThresholds(abstain=abstain, follow_up=follow_up, min_confidence=floors)
         top = p_va.argmax(axis=1)
+        raw = softmax(linear_scores(x_va, self.coef, self.intercept))
         self.fit_report = {
             "n_train": len(examples), "n_validation": len(validation), "C": c,
+            "lexical_features": self.features.dim if self.features else 0,
             "temperature": round(self.temperature, 4),
+            "validation_top1_accuracy": round(float((top == y_va).mean()), 4),
             "validation_ece": round(ece(p_va.max(axis=1), top == y_va), 4),
-            "validation_ece_uncalibrated": round(ece(softmax(x_va @ self.coef.T + self.intercept).max(axis=1), top == y_va), 4),
+            "validation_ece_uncalibrated": round(ece(raw.max(axis=1), raw.argmax(axis=1) == y_va), 4),
             **abstain_report, **follow_report,
         }
         return self
@@ -272,45 +365,36 @@ class EmbeddingRouter:
         """Best validation accuracy subject to out-of-scope recall >= target; middle of the best plateau."""
         oos = self.routes.index(OUT_OF_SCOPE)
         cands = np.unique(np.concatenate([[0.0], p.max(axis=1), [1.0]]))
-        rows = []
-        for t in cands:
-            pred = self._decide_many(p, float(t), floors)
-            acc = float((pred == y).mean())
+
+        def score(t: float) -> tuple[float, float]:
+            pred = self._decide_many(p, t, floors)
             rec = float((pred[y == oos] == oos).mean()) if (y == oos).any() else 1.0
-            rows.append((float(t), acc, rec))
+            return float((pred == y).mean()), rec
+
+        rows = [(float(t), *score(float(t))) for t in cands]
         ok = [r for r in rows if r[2] >= self.oos_recall_target]
         met = bool(ok)
-        if not ok:  # cannot reach the target: take the best out-of-scope recall, then accuracy
-            top_rec = max(r[2] for r in rows)
-            ok = [r for r in rows if r[2] == top_rec]
+        if not ok:  # the target is out of reach: best out-of-scope recall first, then accuracy
+            ok = [r for r in rows if r[2] == max(r[2] for r in rows)]
         best_acc = max(r[1] for r in ok)
-        plateau = [r[0] for r in ok if r[1] == best_acc]
-        # the plateau's thresholds are candidate points; step to the middle of the open interval they span
-        lo = min(plateau)
-        hi_candidates = [t for t in cands if t > max(plateau)]
-        hi = float(hi_candidates[0]) if hi_candidates else max(plateau)
-        t = (lo + hi) / 2 if hi > lo else lo
-        pred = self._decide_many(p, t, floors)
-        return float(t), {
-            "abstain_threshold": round(float(t), 4),
-            "validation_accuracy": round(float((pred == y).mean()), 4),
-            "validation_oos_recall": round(float((pred[y == oos] == oos).mean()) if (y == oos).any() else 1.0, 4),
-            "oos_recall_target_met": met,
-        }
+        plateau = sorted(r[0] for r in ok if r[1] == best_acc)
+        # a candidate t abstains below it; any t up to the next candidate decides the same: take the midpoint
+        lo = plateau[0]
+        above = [t for t in cands if t > plateau[-1]]
+        t = (lo + float(above[0])) / 2 if above else lo
+        acc, rec = score(t)
+        return float(t), {"abstain_threshold": round(float(t), 4), "validation_accuracy": round(acc, 4),
+                          "validation_oos_recall": round(rec, 4), "oos_recall_target_met": met}
 
-    def _choose_follow_up_threshold(self, validation: list[dict[str, str]], p: np.ndarray,
-                                    y: np.ndarray) -> tuple[float, dict[str, Any]]:
+    def _choose_follow_up_threshold(self, queries: list[str], p: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, Any]]:
         """Stickiest threshold that lets FOLLOW_UP_SWITCH_RECALL of short, correctly routed validation queries
         switch away from a different previous route (they are self-contained, so they should switch)."""
-        short = np.array([len(e["query"].split()) <= FOLLOW_UP_MAX_WORDS for e in validation])
-        right = p.argmax(axis=1) == y
-        conf = np.sort(p.max(axis=1)[short & right])
+        short = np.array([self.is_follow_up(q) for q in queries])
+        conf = np.sort(p.max(axis=1)[short & (p.argmax(axis=1) == y)])
         if conf.size == 0:
             t = FOLLOW_UP_BOUNDS[1]
-        else:
-            # the largest t with share(conf >= t) >= target
-            k = int(np.floor((1 - FOLLOW_UP_SWITCH_RECALL) * conf.size))
-            t = float(conf[k])
+        else:  # the largest t with share(conf >= t) >= target
+            t = float(conf[int(np.floor((1 - FOLLOW_UP_SWITCH_RECALL) * conf.size))])
         t = float(np.clip(t, *FOLLOW_UP_BOUNDS))
         return t, {"follow_up_threshold": round(t, 4), "follow_up_short_validation_queries": int(short.sum()),
                    "follow_up_switch_rate": round(float((conf >= t).mean()), 4) if conf.size else None}
@@ -318,6 +402,7 @@ class EmbeddingRouter:
     # -- inference ------------------------------------------------------------------------------------------
     @staticmethod
     def is_follow_up(query: str) -> bool:
+        """Short enough to lean on the thread's previous route (``FOLLOW_UP_MAX_WORDS``)."""
         return len(query.split()) <= FOLLOW_UP_MAX_WORDS
 
     def route(self, query: str, *, previous_route: str | None = None) -> RouteDecision:
@@ -326,8 +411,7 @@ class EmbeddingRouter:
         text = validate_query(query)
         if previous_route is not None and previous_route not in self.routes:
             raise ValueError(f"unknown previous_route {previous_route!r}; known: {', '.join(self.routes)}")
-        p = self._proba_from_vectors(self._embed([text]))[0]
-        return self._decide(p, text, previous_route)
+        return self._decide(self._proba(self._design([text]))[0], text, previous_route)
 
     def _decide(self, p: np.ndarray, text: str, previous_route: str | None) -> RouteDecision:
         assert self.thresholds is not None
@@ -351,22 +435,21 @@ class EmbeddingRouter:
         """Accuracy, macro-F1, per-route precision/recall, out-of-scope precision/recall, ECE and latency.
 
         Every example goes through :meth:`route` one at a time, so the latency is the real per-query cost.
+        ECE is measured on the calibrated top-1 probability before abstaining.
         """
         self._require_fitted()
         if not examples:
             raise ValueError("evaluate needs at least one example")
         from sklearn.metrics import f1_score, precision_recall_fscore_support
 
-        preds, truth, times, top_conf, top_right = [], [], [], [], []
+        preds, truth, times = [], [], []
         for e in examples:
             t0 = time.perf_counter()
             decision = self.route(e["query"])
             times.append(time.perf_counter() - t0)
             preds.append(decision.route)
             truth.append(e["route"])
-        # calibration of the classifier itself (before abstaining), in one batch
         p = self.predict_proba([e["query"] for e in examples])
-        top_conf = p.max(axis=1)
         top_right = np.array([self.routes[i] for i in p.argmax(axis=1)]) == np.array(truth)
         labels = list(self.routes)
         prec, rec, f1, sup = precision_recall_fscore_support(truth, preds, labels=labels, zero_division=0)
@@ -377,16 +460,17 @@ class EmbeddingRouter:
             "n": len(examples),
             "accuracy": round(float(np.mean(np.array(preds) == np.array(truth))), 4),
             "macro_f1": round(float(f1_score(truth, preds, labels=present, average="macro", zero_division=0)), 4),
+            "top1_accuracy_before_abstain": round(float(top_right.mean()), 4),
             "per_route": per_route,
             "out_of_scope_precision": per_route[OUT_OF_SCOPE]["precision"],
             "out_of_scope_recall": per_route[OUT_OF_SCOPE]["recall"],
-            "ece": round(ece(top_conf, top_right), 4),
+            "ece": round(ece(p.max(axis=1), top_right), 4),
             **percentiles_ms(times),
         }
 
     # -- persistence ----------------------------------------------------------------------------------------
     def save(self, model_dir: Path, *, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Write ``classifier.safetensors`` and ``manifest.json``; returns the manifest."""
+        """Write ``classifier.safetensors``, ``lexicon.json`` and ``manifest.json``; returns the manifest."""
         self._require_fitted()
         assert self.thresholds is not None and self.coef is not None and self.intercept is not None
         from safetensors.numpy import save_file
@@ -397,7 +481,7 @@ class EmbeddingRouter:
         manifest = {
             "kind": "domainroute.router", "format": FORMAT, "version": version,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "encoder": self.encoder_name, "routes": self.routes,
+            "encoder": self.encoder_name, "lexical": self.features is not None, "routes": self.routes,
             "temperature": self.temperature,
             "thresholds": {"abstain": self.thresholds.abstain, "follow_up": self.thresholds.follow_up,
                            "follow_up_max_words": FOLLOW_UP_MAX_WORDS,
@@ -406,9 +490,15 @@ class EmbeddingRouter:
             "previous_version": {"version": old.get("version"), "test_metrics": old.get("test_metrics")} if old else None,
             **(extra or {}),
         }
-        save_file({"coef": np.ascontiguousarray(self.coef), "intercept": np.ascontiguousarray(self.intercept)},
-                  str(model_dir / CLASSIFIER_FILE))
-        (model_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        arrays = {"coef": np.ascontiguousarray(self.coef), "intercept": np.ascontiguousarray(self.intercept)}
+        lexicon = model_dir / LEXICON_FILE
+        if self.features is not None:
+            arrays.update(self.features.arrays())
+            lexicon.write_text(json.dumps(self.features.vocab, ensure_ascii=False) + "\n", encoding="utf-8")
+        elif lexicon.exists():
+            lexicon.unlink()
+        save_file(arrays, str(model_dir / CLASSIFIER_FILE))
+        (model_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         self.manifest = manifest
         return manifest
 
@@ -424,12 +514,16 @@ class EmbeddingRouter:
         if manifest.get("kind") != "domainroute.router" or manifest.get("format") != FORMAT:
             raise ConfigError(f"{path} is not a format-{FORMAT} router manifest; run `domainroute router train`")
         arrays = load_file(str(model_dir / CLASSIFIER_FILE))
-        router = cls(embedder)
+        router = cls(embedder, lexical=bool(manifest.get("lexical")))
         router.routes = list(manifest["routes"])
+        if router.lexical:
+            vocab = json.loads((model_dir / LEXICON_FILE).read_text(encoding="utf-8"))
+            router.features = LexicalFeatures.from_saved(vocab, arrays)
         router.coef, router.intercept = arrays["coef"], arrays["intercept"]
-        if router.coef.shape[0] != len(router.routes):
-            raise ConfigError(f"{model_dir}: classifier has {router.coef.shape[0]} rows for {len(router.routes)} routes; "
-                              "run `domainroute router train`")
+        lexical_dim = router.features.dim if router.features is not None else 0
+        if router.coef.shape[0] != len(router.routes) or router.coef.shape[1] <= lexical_dim:
+            raise ConfigError(f"{model_dir}: classifier shape {router.coef.shape} does not fit {len(router.routes)} "
+                              "routes and the saved features; run `domainroute router train`")
         router.temperature = float(manifest["temperature"])
         th = manifest["thresholds"]
         router.thresholds = RouterThresholds(abstain=float(th["abstain"]), follow_up=float(th["follow_up"]),

@@ -100,8 +100,15 @@ class AgentService:
             return self._components["retriever"]
         from domainroute.retrievers import make_retriever
 
-        return make_retriever(self.settings.retriever_backend, store_path=self.settings.store_path,
-                              weaviate_url=self.settings.weaviate_url)
+        retriever = make_retriever(self.settings.retriever_backend, store_path=self.settings.store_path,
+                                   weaviate_url=self.settings.weaviate_url)
+        if retriever.count(tenant=self.settings.tenant) == 0:
+            raise ConfigError(
+                f"the knowledge base for tenant {self.settings.tenant!r} is empty in "
+                f"{self.settings.store_path if self.settings.retriever_backend == 'lancedb' else self.settings.weaviate_url}; "
+                "load it first with `domainroute ingest`"
+            )
+        return retriever
 
     @cached_property
     def context(self) -> AgentContext:
