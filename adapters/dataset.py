@@ -124,10 +124,10 @@ def best_sentence(passages: Sequence[Passage], query: str, *, want: str = "") ->
             if want == "time" and not has_time_expression(sent):
                 continue
             overlap = len(content_words(sent) & wanted)
-            candidates.append((-overlap, len(full.split()) > MAX_SENTENCE_WORDS, n, i, sent))
+            candidates.append(("|" in full, -overlap, len(full.split()) > MAX_SENTENCE_WORDS, n, i, sent))
     if not candidates:
         return 0, ""
-    _, _, n, _, sent = min(candidates)
+    *_, n, _, sent = min(candidates)
     return n, sent
 
 
@@ -185,7 +185,7 @@ _AUTO_ACTIONS = {
                       "File a police report for a theft or vandalism."],
     "liability": ["Do not admit fault; send us any letter or lawsuit you receive.",
                   "Report the claim and give the other party your claim number."],
-    "uninsured motorist": ["Report the accident to the police within 24 hours.",
+    "uninsured motorist": ["Report the accident to the police right away.",
                            "Report the claim and tell the adjuster the other driver had no insurance."],
     "rental reimbursement": ["Keep the rental agreement and receipts.", "Ask the adjuster to set up the rental."],
     "roadside assistance": ["Call roadside assistance before you pay for a tow.", "Keep the towing receipt."],
@@ -406,6 +406,25 @@ def build_datasets(
                 for row in rows:
                     handle.write(json.dumps(row, ensure_ascii=False) + "\n")
             counts[domain] = len(rows)
+    return counts
+
+
+def refresh_answers(kb_dir: Path, out_dir: Path, *, domains: Sequence[str] = DOMAINS) -> dict[str, int]:
+    """Rewrite the reference answers of existing data files from their stored passages (no retrieval), e.g.
+    after a template phrasing changed; queries, passages and splits stay as they are."""
+    from domainroute.retrievers.ingest import load_chunks
+
+    chunks_by_id = {c.chunk_id: c for c in load_chunks(kb_dir)}
+    counts = {}
+    for domain in domains:
+        path = data_path(out_dir, domain)
+        rows = load_examples(path)
+        for row in rows:
+            row["answer"] = reference_answer(domain, row["query"], passages_for(row, chunks_by_id))
+        with open(path, "w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        counts[domain] = len(rows)
     return counts
 
 

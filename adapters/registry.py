@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 from domainroute.errors import ConfigError
 
 MANIFEST = "manifest.json"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ def scan(adapters_dir: Path) -> dict[str, AdapterEntry]:
         adapter_id = manifest.get("adapter_id")
         if not adapter_id:
             raise ConfigError(f"{manifest_path}: no adapter_id")
-        for needed in ("adapter_config.json", "adapter_model.safetensors"):
+        for needed in ADAPTER_FILES:
             if not (folder / needed).exists():
                 raise ConfigError(f"adapter {adapter_id!r}: {needed} missing in {folder}")
         if adapter_id in entries:
@@ -58,3 +60,35 @@ def check_base(entries: dict[str, AdapterEntry], base_sha256: str) -> None:
                 f"adapter {entry.adapter_id!r} was trained on base model sha256 {entry.base_sha256[:12]}..., "
                 f"but the loaded base is {base_sha256[:12]}...; retrain it with `domainroute adapters train {entry.domain}`"
             )
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def base_weights_sha256(model_dir: Path) -> str:
+    """The identity of a base model: sha256 of ``model.safetensors`` (or, for a sharded model, of its shards'
+    hashes in name order). Adapters record it; loading them on other weights is refused (``check_base``)."""
+    model_dir = Path(model_dir)
+    single = model_dir / "model.safetensors"
+    if single.exists():
+        return sha256_file(single)
+    shards = sorted(model_dir.glob("model-*-of-*.safetensors")) or sorted(model_dir.glob("pytorch_model*.bin"))
+    if not shards:
+        raise ConfigError(f"no model weights (model.safetensors or shards) in {model_dir}")
+    digest = hashlib.sha256()
+    for shard in shards:
+        digest.update(f"{shard.name}:{sha256_file(shard)}\n".encode())
+    return digest.hexdigest()
+
+
+def verified_adapters(adapters_dir: Path, base_model_path: Path) -> dict[str, AdapterEntry]:
+    """``scan`` plus ``check_base`` against the weights in ``base_model_path``: what an engine may load."""
+    entries = scan(adapters_dir)
+    if entries:
+        check_base(entries, base_weights_sha256(base_model_path))
+    return entries

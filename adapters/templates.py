@@ -81,7 +81,7 @@ HOUSE_FORMATS: dict[str, HouseFormat] = {
             _SOURCES,
         ),
         ("EOB", "prior authorization", "in-network", "out-of-network", "deductible", "copay", "coinsurance",
-         "out-of-pocket maximum", "allowed amount", "appeal", "provider", "claim", "plan", "formulary",
+         "out-of-pocket maximum", "allowed amount", "appeal", "provider", "claim", "formulary",
          "preventive", "denial", "cost share"),
     ),
     "billing": HouseFormat(
@@ -91,7 +91,7 @@ HOUSE_FORMATS: dict[str, HouseFormat] = {
             Section("Due date: or Timeline:", r"^(?:Due date|Timeline): \S"),
             _SOURCES,
         ),
-        ("premium", "due date", "grace period", "late fee", "installment", "autopay", "refund", "bill",
+        ("premium", "grace period", "late fee", "installment", "autopay", "refund", "bill",
          "billing account", "payment plan", "returned payment", "cancellation", "reinstatement", "discount",
          "invoice", "statement", "amount due", "business days", "calendar days"),
     ),
@@ -120,11 +120,17 @@ def _money(text: str) -> str:
     return "$" + value
 
 
-def facts(text: str) -> set[str]:
-    """Normalised amounts ($, %), dates and durations ("15 day") stated in ``text``."""
+def facts(text: str, *, supported: bool = False) -> set[str]:
+    """Normalised amounts ($, %), dates and durations ("15 day") stated in ``text``.
+
+    With ``supported=True`` (for passages) a full date also supports the same date stated without its year.
+    """
     found = {_money(m) for m in _MONEY.findall(text)}
     found |= {m.replace(" ", "") for m in _PERCENT.findall(text)}
-    found |= {re.sub(r"(\d)(?:st|nd|rd|th)", r"\1", m.lower().replace(".", "")) for m in _DATE.findall(text)}
+    dates = {re.sub(r"(\d)(?:st|nd|rd|th)", r"\1", m.lower().replace(".", "")) for m in _DATE.findall(text)}
+    found |= dates
+    if supported:
+        found |= {d.split(",")[0] for d in dates}
     found |= {f"{n} {unit.lower()}" for n, unit in _DURATION.findall(text)}
     return found
 
@@ -159,7 +165,7 @@ def citation_faithful(answer: str, passage_texts: Sequence[str]) -> bool:
         return False
     supported: set[str] = set()
     for n in cited:
-        supported |= facts(passage_texts[n - 1])
+        supported |= facts(passage_texts[n - 1], supported=True)
     return facts(answer) <= supported
 
 

@@ -55,7 +55,7 @@ class LocalChatModel(BaseChatModel):
     adapters: Mapping[str, Path] = Field(default_factory=dict, description="adapter id -> peft adapter folder")
     max_new_tokens: int = Field(160, ge=1, le=4096)
     torch_threads: int = Field(2, ge=1)
-    repetition_penalty: float = Field(1.0, ge=1.0, description="1.0 = off; >1 also penalises copying the passages")
+    repetition_penalty: float = Field(1.2, ge=1.0, description="1.0 = off; breaks the small model's loops (it also penalises copying)")
 
     _loaded: _Loaded | None = PrivateAttr(default=None)
     _load_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)

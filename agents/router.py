@@ -8,7 +8,7 @@ What it decides, in order:
    split: best accuracy subject to out-of-scope recall >= ``oos_recall_target``.
 3. Follow-ups: with ``previous_route`` set and a short query (<= ``FOLLOW_UP_MAX_WORDS`` words), the previous
    route is kept unless the query alone is confidently elsewhere (top probability >= ``follow_up_threshold``,
-   chosen on validation, see ``_choose_follow_up_threshold``).
+   chosen on validation, see ``FOLLOW_UP_SWITCH_SHARE``).
 
 The model is two arrays (``classifier.safetensors``: coefficients and intercepts) plus ``manifest.json``
 (routes, thresholds, temperature, data hashes, test metrics): no pickle. Train with :func:`train_router`
@@ -37,10 +37,12 @@ from domainroute.agents import splits as splits_mod
 FORMAT = 1
 FOLLOW_UP_MAX_WORDS = 8
 """A query this short, in a thread that already has a route, is treated as a possible follow-up."""
-FOLLOW_UP_SWITCH_RECALL = 0.9
-"""The follow-up threshold is the stickiest one that still lets this share of short validation queries, asked
-after a *different* route, switch to their own (correct) route."""
-FOLLOW_UP_BOUNDS = (0.6, 0.95)
+FOLLOW_UP_SWITCH_SHARE = 0.5
+"""The follow-up threshold is the confidence that this share of short, correctly routed validation queries reach:
+a short message leaves the thread's route only when it is as sure as the median short self-contained question.
+Short elliptic follow-ups ("and what about the deductible?") name a topic several routes share, and a classifier
+trained on self-contained questions is often fairly, but not very, sure about them."""
+FOLLOW_UP_BOUNDS = (0.6, 0.995)
 PERSISTENCE_PRIOR = 0.7
 """Prior that a follow-up stays on the thread's route; gives the confidence reported for a kept route."""
 CLASSIFIER_FILE = "classifier.safetensors"
@@ -112,27 +114,11 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp(res.x))
 
 
-def fit_logreg(x: np.ndarray, y: np.ndarray, *, c: float, class_weight: str | None = None):
+def fit_logreg(x, y: np.ndarray, *, c: float, class_weight: str | None = None, solver: str = "lbfgs"):
+    """L2 logistic regression (multinomial for several classes with lbfgs; liblinear is faster for one binary head)."""
     from sklearn.linear_model import LogisticRegression
 
-    return LogisticRegression(C=c, max_iter=2000, class_weight=class_weight).fit(x, y)
-
-
-def oof_decision(x: np.ndarray, y: np.ndarray, *, c: float, folds: int = 5, seed: int = 0,
-                 class_weight: str | None = None) -> np.ndarray:
-    """Out-of-fold decision values (logits) for every training row, for calibration without touching validation."""
-    from sklearn.model_selection import StratifiedKFold
-
-    folds = max(2, min(folds, int(np.bincount(y).min())))
-    out = None
-    for tr, te in StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(x, y):
-        clf = fit_logreg(x[tr], y[tr], c=c, class_weight=class_weight)
-        d = clf.decision_function(x[te])
-        if out is None:
-            out = np.zeros((len(y),) + d.shape[1:], dtype=float)
-        out[te] = d
-    assert out is not None
-    return out
+    return LogisticRegression(C=c, max_iter=2000, class_weight=class_weight, solver=solver).fit(x, y)
 
 
 class LexicalFeatures:
@@ -175,35 +161,54 @@ class LexicalFeatures:
     def dim(self) -> int:
         return sum(len(t) for t in self.vocab.values())
 
-    def transform(self, texts: list[str]):
-        from scipy.sparse import csr_matrix, hstack
-
-        blocks = []
-        for a, _ in self.ANALYZERS:
-            index, idf = self._index[a], self.idf[a]
-            data: list[float] = []
-            cols: list[int] = []
-            ptr = [0]
-            for text in texts:
+    def rows(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per text: the non-zero column indices (within the lexical block) and their values."""
+        out = []
+        for text in texts:
+            cols: list[np.ndarray] = []
+            vals: list[np.ndarray] = []
+            offset = 0
+            for a, _ in self.ANALYZERS:
+                index, idf = self._index[a], self.idf[a]
                 counts: dict[int, int] = {}
                 for term in self._analyze[a](text):
                     j = index.get(term)
                     if j is not None:
                         counts[j] = counts.get(j, 0) + 1
-                j_sorted = sorted(counts)
-                vals = np.array([(1.0 + np.log(counts[j])) * idf[j] for j in j_sorted], dtype=np.float64)
-                norm = float(np.sqrt((vals ** 2).sum())) if vals.size else 0.0
-                data.extend((vals / norm).tolist() if norm > 0 else [])
-                cols.extend(j_sorted if norm > 0 else [])
-                ptr.append(len(cols))
-            blocks.append(csr_matrix((data, cols, ptr), shape=(len(texts), len(index)), dtype=np.float32))
-        return hstack(blocks, format="csr")
+                if counts:
+                    j_arr = np.fromiter(counts, dtype=np.int64, count=len(counts))
+                    v = (1.0 + np.log(np.fromiter(counts.values(), dtype=np.float64, count=len(counts)))) * idf[j_arr]
+                    cols.append(j_arr + offset)
+                    vals.append(v / np.sqrt((v ** 2).sum()))
+                offset += len(index)
+            out.append((np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64),
+                        np.concatenate(vals).astype(np.float32) if vals else np.zeros(0, dtype=np.float32)))
+        return out
+
+    def transform(self, texts: list[str]):
+        """The lexical block as a sparse matrix (training)."""
+        from scipy.sparse import csr_matrix
+
+        rows = self.rows(texts)
+        ptr = np.cumsum([0] + [len(c) for c, _ in rows])
+        cols = np.concatenate([c for c, _ in rows]) if rows else np.zeros(0, dtype=np.int64)
+        vals = np.concatenate([v for _, v in rows]) if rows else np.zeros(0, dtype=np.float32)
+        return csr_matrix((vals, cols, ptr), shape=(len(texts), self.dim), dtype=np.float32)
 
     def design(self, dense: np.ndarray, texts: list[str]):
-        """``[dense | lexical]`` as one sparse matrix for the linear model."""
+        """``[dense | lexical]`` as one sparse matrix for training the linear model."""
         from scipy.sparse import csr_matrix, hstack
 
         return hstack([csr_matrix(dense.astype(np.float32)), self.transform(texts)], format="csr")
+
+    def scores(self, dense: np.ndarray, texts: list[str], coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
+        """``design(dense, texts) @ coef.T + intercept`` without building sparse matrices (the fast path)."""
+        d = dense.shape[1]
+        z = dense @ coef[:, :d].T + intercept
+        for i, (cols, vals) in enumerate(self.rows(texts)):
+            if cols.size:
+                z[i] += coef[:, d + cols] @ vals
+        return z
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {f"idf_{a}": self.idf[a] for a, _ in self.ANALYZERS}
@@ -284,10 +289,20 @@ class EmbeddingRouter:
         assert self.coef is not None and self.intercept is not None
         return softmax(linear_scores(design, self.coef, self.intercept) / self.temperature)
 
+    def _proba_fast(self, texts: list[str]) -> np.ndarray:
+        """Same as ``_proba(_design(texts))``, without building sparse matrices (inference path)."""
+        assert self.coef is not None and self.intercept is not None
+        emb = np.asarray(self.embedder.encode(texts), dtype=np.float32)
+        if self.features is None:
+            z = emb @ self.coef.T + self.intercept
+        else:
+            z = self.features.scores(emb, texts, self.coef, self.intercept)
+        return softmax(z / self.temperature)
+
     def predict_proba(self, queries: list[str]) -> np.ndarray:
         """Calibrated probabilities, one column per entry of ``self.routes``."""
         self._require_fitted()
-        return self._proba(self._design([validate_query(q) for q in queries]))
+        return self._proba_fast([validate_query(q) for q in queries])
 
     # -- training -------------------------------------------------------------------------------------------
     def fit(self, examples: list[dict[str, str]], routes: list[str], validation: list[dict[str, str]] | None = None,
@@ -322,7 +337,8 @@ class EmbeddingRouter:
         self.routes, self.features = routes, (LexicalFeatures.fit(q_tr) if self.lexical else None)
         x_tr, x_va = self._design(q_tr), self._design(q_va)
 
-        # C by validation log-loss; temperature from out-of-fold train logits, so validation stays for thresholds
+        # C by validation log-loss, then one temperature on the validation logits (monotone: the thresholds chosen
+        # on the same split afterwards see the same order)
         best = None
         for c in self.c_grid:
             clf = fit_logreg(x_tr, y_tr, c=c)
@@ -332,8 +348,8 @@ class EmbeddingRouter:
                 best = (loss, c, clf)
         assert best is not None
         _, c, clf = best
-        self.temperature = fit_temperature(oof_decision(x_tr, y_tr, c=c), y_tr)
         self.coef, self.intercept = clf.coef_.astype(np.float32), clf.intercept_.astype(np.float32)
+        self.temperature = fit_temperature(linear_scores(x_va, self.coef, self.intercept), y_va)
 
         floors = {r: float((min_confidence or {}).get(r, 0.0)) for r in routes}
         p_va = self._proba(x_va)
@@ -387,14 +403,14 @@ class EmbeddingRouter:
                           "validation_oos_recall": round(rec, 4), "oos_recall_target_met": met}
 
     def _choose_follow_up_threshold(self, queries: list[str], p: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, Any]]:
-        """Stickiest threshold that lets FOLLOW_UP_SWITCH_RECALL of short, correctly routed validation queries
-        switch away from a different previous route (they are self-contained, so they should switch)."""
+        """The confidence reached by FOLLOW_UP_SWITCH_SHARE of short, correctly routed validation queries; the
+        report says which share of them would leave a different previous route (they are self-contained)."""
         short = np.array([self.is_follow_up(q) for q in queries])
         conf = np.sort(p.max(axis=1)[short & (p.argmax(axis=1) == y)])
         if conf.size == 0:
             t = FOLLOW_UP_BOUNDS[1]
         else:  # the largest t with share(conf >= t) >= target
-            t = float(conf[int(np.floor((1 - FOLLOW_UP_SWITCH_RECALL) * conf.size))])
+            t = float(conf[int(np.floor((1 - FOLLOW_UP_SWITCH_SHARE) * conf.size))])
         t = float(np.clip(t, *FOLLOW_UP_BOUNDS))
         return t, {"follow_up_threshold": round(t, 4), "follow_up_short_validation_queries": int(short.sum()),
                    "follow_up_switch_rate": round(float((conf >= t).mean()), 4) if conf.size else None}
@@ -411,7 +427,7 @@ class EmbeddingRouter:
         text = validate_query(query)
         if previous_route is not None and previous_route not in self.routes:
             raise ValueError(f"unknown previous_route {previous_route!r}; known: {', '.join(self.routes)}")
-        return self._decide(self._proba(self._design([text]))[0], text, previous_route)
+        return self._decide(self._proba_fast([text])[0], text, previous_route)
 
     def _decide(self, p: np.ndarray, text: str, previous_route: str | None) -> RouteDecision:
         assert self.thresholds is not None
@@ -442,14 +458,17 @@ class EmbeddingRouter:
             raise ValueError("evaluate needs at least one example")
         from sklearn.metrics import f1_score, precision_recall_fscore_support
 
-        preds, truth, times = [], [], []
-        for e in examples:
+        preds, truth, times, probs = [], [], [], []
+        for e in examples:  # what route() does, keeping the probabilities for the calibration error
             t0 = time.perf_counter()
-            decision = self.route(e["query"])
+            text = validate_query(e["query"])
+            p_one = self._proba_fast([text])[0]
+            decision = self._decide(p_one, text, None)
             times.append(time.perf_counter() - t0)
             preds.append(decision.route)
             truth.append(e["route"])
-        p = self.predict_proba([e["query"] for e in examples])
+            probs.append(p_one)
+        p = np.stack(probs)
         top_right = np.array([self.routes[i] for i in p.argmax(axis=1)]) == np.array(truth)
         labels = list(self.routes)
         prec, rec, f1, sup = precision_recall_fscore_support(truth, preds, labels=labels, zero_division=0)

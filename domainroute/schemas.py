@@ -89,6 +89,21 @@ class RouteDecision(BaseModel):
     confidence: float = Field(ge=0.0, le=1.0)
 
 
+class GroundingSummary(BaseModel):
+    """What the grounding check did this turn (``ask --json`` "grounding"; null for refused turns).
+
+    checked / supported: facts (amounts, dates, durations, phone numbers, addresses, form and coverage names) in
+    the model's first draft, and how many a cited passage of the turn states. removed: citation markers that
+    pointed at no passage of the turn. action: none (draft shown as written), regenerated (a second draft passed),
+    extractive (the passages' own sentences are quoted), escalated (nothing grounded to show; reason "ungrounded").
+    """
+
+    checked: int = Field(ge=0)
+    supported: int = Field(ge=0)
+    removed: int = Field(ge=0)
+    action: Literal["none", "regenerated", "extractive", "escalated"]
+
+
 class AskResult(BaseModel):
     """The object `ask --json` prints (and the claims API returns)."""
 
@@ -100,3 +115,4 @@ class AskResult(BaseModel):
     answer: str
     citations: list[Citation]
     escalation: EscalationDecision | None
+    grounding: GroundingSummary | None = None

@@ -21,7 +21,7 @@ from domainroute.graphs.graph import build_graph
 from domainroute.graphs.nodes import HumanDecision
 from domainroute.graphs.state import turn_input
 from domainroute.pack import Pack, load_pack
-from domainroute.schemas import AskResult, Citation, Claim, EscalationDecision, Query, RouteDecision
+from domainroute.schemas import AskResult, Citation, Claim, EscalationDecision, GroundingSummary, Query, RouteDecision
 from domainroute.settings import Settings
 
 
@@ -75,6 +75,11 @@ class AgentService:
                                 max_new_tokens=self.settings.max_new_tokens)
         from domainroute.agents.local_engine import LocalChatModel
 
+        if self.adapters and "adapters" not in self._components:
+            from domainroute.adapters.registry import base_weights_sha256, check_base, scan
+
+            if (self.settings.base_model_path / "config.json").exists():  # else LocalChatModel explains on load
+                check_base(scan(self.settings.adapters_dir), base_weights_sha256(self.settings.base_model_path))
         return LocalChatModel(model_path=self.settings.base_model_path, adapters=self.adapters,
                               max_new_tokens=self.settings.max_new_tokens, torch_threads=self.settings.torch_threads)
 
@@ -120,6 +125,8 @@ class AgentService:
 
     @cached_property
     def checkpointer(self):
+        if "checkpointer" in self._components:  # shared by the claims API's per-tenant services
+            return self._components["checkpointer"]
         from langgraph.checkpoint.sqlite import SqliteSaver
 
         path = self.settings.checkpoint_path
@@ -143,7 +150,10 @@ class AgentService:
         snapshot = self.graph.get_state(self._config(thread_id))
         return any(task.interrupts for task in snapshot.tasks)
 
-    def ask(self, query: str, claim: dict[str, Any] | Claim | None = None, thread_id: str | None = None) -> AskResult:
+    def ask(self, query: str, claim: dict[str, Any] | Claim | None = None, thread_id: str | None = None, *,
+            create: bool = False) -> AskResult:
+        """One turn. ``create``: start the conversation under ``thread_id`` if it has none yet (the claims API
+        hands out thread ids before the first message)."""
         try:
             parsed = Query(query=query, claim=claim)
         except ValueError as exc:
@@ -151,8 +161,9 @@ class AgentService:
         if thread_id is not None:
             thread_id = _thread_id(thread_id)
             if not self._thread_exists(thread_id):
-                raise ThreadNotFoundError(f"no conversation with thread id {thread_id!r}; omit --thread to start one")
-            if self.is_paused(thread_id):
+                if not create:
+                    raise ThreadNotFoundError(f"no conversation with thread id {thread_id!r}; omit --thread to start one")
+            elif self.is_paused(thread_id):
                 raise InputError(
                     f"thread {thread_id!r} is waiting for a human decision; resume it first: "
                     f"domainroute resume {thread_id} --decision approve|edit|reject"
@@ -182,6 +193,7 @@ class AgentService:
         values = snapshot.values
         paused = any(task.interrupts for task in snapshot.tasks)
         escalation = values.get("escalation")
+        grounding = values.get("grounding")
         return AskResult(
             thread_id=thread_id,
             status="awaiting_human" if paused else values.get("status", "answered"),
@@ -191,18 +203,19 @@ class AgentService:
             answer=values.get("answer", ""),
             citations=[Citation(**c) for c in values.get("citations", [])],
             escalation=EscalationDecision(**escalation) if escalation else None,
+            grounding=GroundingSummary(**{k: grounding[k] for k in ("checked", "supported", "removed", "action")})
+            if grounding else None,
         )
 
     def paused_threads(self) -> list[dict[str, Any]]:
         """Threads waiting for a human, newest first, with their (redacted) escalation packets."""
         if not self.settings.checkpoint_path.exists():
             return []
-        seen, paused = set(), []
-        for checkpoint in self.checkpointer.list(None):
-            thread_id = checkpoint.config["configurable"]["thread_id"]
-            if thread_id in seen:
-                continue
-            seen.add(thread_id)
+        # Read the thread ids first: SqliteSaver.list holds the saver's (non-reentrant) lock while it yields, so
+        # calling get_state inside that loop deadlocks as soon as one checkpoint exists.
+        thread_ids = list(dict.fromkeys(c.config["configurable"]["thread_id"] for c in self.checkpointer.list(None)))
+        paused = []
+        for thread_id in thread_ids:
             snapshot = self.graph.get_state(self._config(thread_id))
             for task in snapshot.tasks:
                 for item in task.interrupts:

@@ -6,6 +6,7 @@ The config file is TOML: ``$DOMAINROUTE_CONFIG`` if set, else ``./domainroute.to
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Literal
@@ -13,9 +14,24 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
+from domainroute.errors import ConfigError
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 BUNDLED_PACK = PACKAGE_DIR / "packs" / "insurance"
 BUNDLED_BASE_MODEL = PACKAGE_DIR / "models" / "base"
+
+
+def pack_hybrid_alpha(pack_dir: Path) -> float:
+    """The pack's tuned hybrid alpha from ``retrieval/config.json`` (``domainroute retrieval eval --write-default``),
+    else 0.5."""
+    path = Path(pack_dir) / "retrieval" / "config.json"
+    if not path.is_file():
+        return 0.5
+    try:
+        return float(json.loads(path.read_text(encoding="utf-8"))["hybrid_alpha"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: needs a number 'hybrid_alpha' ({type(exc).__name__}: {exc}); "
+                          "rewrite it with `domainroute retrieval eval --write-default`") from exc
 
 
 def config_file() -> Path | None:
@@ -38,13 +54,15 @@ class Settings(BaseSettings):
     llm_backend: Literal["local", "tgi"] = Field("local", description="local = embedded transformers+peft engine.")
     base_model_path: Path = Field(BUNDLED_BASE_MODEL, description="Any Hugging Face causal LM folder.")
     tgi_url: str | None = Field(None, description="Base URL of a TGI server, for llm_backend=tgi.")
-    max_new_tokens: int = Field(160, ge=1, le=2048)
+    max_new_tokens: int = Field(96, ge=1, le=2048)
     torch_threads: int = Field(2, ge=1, le=256)
 
     retriever_backend: Literal["lancedb", "weaviate"] = "lancedb"
     weaviate_url: str | None = None
     top_k: int = Field(4, ge=1, le=20, description="Passages retrieved per turn (cap; the model cannot raise it).")
-    hybrid_alpha: float = Field(0.5, ge=0.0, le=1.0, description="Hybrid fusion weight: 1 = vector only, 0 = keyword only.")
+    hybrid_alpha: float = Field(default_factory=lambda data: pack_hybrid_alpha(data.get("pack_dir", BUNDLED_PACK)),
+                                ge=0.0, le=1.0, description="Hybrid fusion weight: 1 = vector only, 0 = keyword only; "
+                                "default: the pack's retrieval/config.json, else 0.5.")
 
     @field_validator("tenant")
     @classmethod

@@ -1,4 +1,4 @@
-"""The routed agent graph: classify -> domain node -> escalation check -> finish or pause for a human."""
+"""The routed agent graph: classify -> domain node -> grounding check -> escalation check -> finish or pause."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ from domainroute.graphs.nodes import (
     CHECK_ESCALATION,
     CLASSIFY,
     FINALIZE,
+    GROUND,
     HUMAN_REVIEW,
     REFUSE,
     check_escalation,
     classify,
     domain_node_name,
     finalize,
+    ground,
     human_review,
     make_domain_node,
     needs_human,
@@ -30,6 +32,7 @@ def build_graph(*, pack: Pack) -> StateGraph:
     graph = StateGraph(AgentState, context_schema=AgentContext)
     graph.add_node(CLASSIFY, classify)
     graph.add_node(REFUSE, refuse)
+    graph.add_node(GROUND, ground)
     graph.add_node(CHECK_ESCALATION, check_escalation)
     graph.add_node(HUMAN_REVIEW, human_review)
     graph.add_node(FINALIZE, finalize)
@@ -37,11 +40,12 @@ def build_graph(*, pack: Pack) -> StateGraph:
     for route in pack.domain_routes:
         name = domain_node_name(route.name)
         graph.add_node(name, make_domain_node(route))
-        graph.add_edge(name, CHECK_ESCALATION)
+        graph.add_edge(name, GROUND)
         destinations[name] = name
     graph.add_edge(START, CLASSIFY)
     graph.add_conditional_edges(CLASSIFY, pick_route, destinations)
     graph.add_edge(REFUSE, CHECK_ESCALATION)
+    graph.add_edge(GROUND, CHECK_ESCALATION)
     graph.add_conditional_edges(CHECK_ESCALATION, needs_human, {HUMAN_REVIEW: HUMAN_REVIEW, FINALIZE: FINALIZE})
     graph.add_edge(HUMAN_REVIEW, END)
     graph.add_edge(FINALIZE, END)

@@ -6,7 +6,8 @@ Pure functions, no model calls. A *fact* is a span of the answer with a kind and
 ``date:2026-01-05``; "1-800-555-0142" and "(800) 555-0142" are both ``phone:8005550142``.
 
 A fact is *supported* when a passage cited in its sentence states it (the same key is found in the passage), or,
-when its sentence cites nothing, a passage cited anywhere in the answer states it. A date without a year
+when its sentence cites nothing, a passage cited anywhere in the answer states it (a passage states its
+document title too, so "According to <title> [n]" is supported). A date without a year
 ("March 10") is supported by any passage date on that day of that month; a month and year ("January 2026") by
 any date in that month. Unit rules: weeks count as 7 days and years as 12 months; "business days" and "working
 days" are their own unit (not days); "calendar days" are days.
@@ -39,7 +40,7 @@ _SMALL_W = rf"(?:(?:{_TENS_W})(?:[- ](?:{_UNIT_W}))?|{_UNIT_W})"
 # "thirty", "forty-five", "two hundred fifty", "a thousand" (a bare "a" is not a number: "$50 a day")
 _WORD_NUM = (rf"(?:{_SMALL_W}(?:[- ](?:hundred|thousand|million)(?:[- ](?:and[- ])?{_SMALL_W})?)?"
              rf"|a[- ](?:hundred|thousand|million)(?:[- ](?:and[- ])?{_SMALL_W})?)")
-_DIGITS = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?"
+_DIGITS = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+"
 _NUM = rf"(?:{_DIGITS}|{_WORD_NUM})"
 
 
@@ -296,7 +297,7 @@ def check_answer(answer: str, citations: Sequence[Mapping[str, Any]], passages: 
     facts = extract_facts(answer)
     if not facts:
         return Check(facts=(), unsupported=())
-    text_of = {p["chunk_id"]: p["text"] for p in passages}
+    text_of = {p["chunk_id"]: f"{p.get('title', '')}\n{p['text']}" for p in passages}  # a passage states its title
     cited_texts = [text_of.get(c["chunk_id"], "") for c in citations]
     everything = frozenset().union(*(stated_keys(t) for t in cited_texts)) if cited_texts else frozenset()
     unsupported = []
@@ -320,8 +321,9 @@ _STOP = frozenset(
     "northwind policy insurance".split())
 _CUES: tuple[tuple[re.Pattern[str], tuple[FactKind, ...]], ...] = (
     (re.compile(r"\bhow much\b|\bcost|\bfee\b|\bcharge|\bprice|\bdeductible|\blimit|\bmaximum|\bpay\b|\bamount|"
-                r"\bdollar|\bcap\b|\bcopay|\breimburse", _F), ("money",)),
-    (re.compile(r"\bpercent|\bcoinsurance|\bdiscount|\bshare\b|\brate\b", _F), ("percent",)),
+                r"\bdollar|\bcap\b|\bcopay|\breimburse|\breward|\bpremium|\bworth\b|\brefund", _F), ("money",)),
+    (re.compile(r"\bhow much\b|\bpercent|\bcoinsurance|\bdiscount|\bshare\b|\brate\b|\bdepreciat|\breduc|"
+                r"\bsurcharge", _F), ("percent",)),
     (re.compile(r"\bhow long|\bhow many (?:days|hours|months|years|weeks|business)|\bhow soon|\bwithin\b|\bdeadline|"
                 r"\bwindow\b|\bperiod\b|\bdays?\b|\bhours?\b|\bmonths?\b", _F), ("duration",)),
     (re.compile(r"\bwhen\b|\bdate\b|\bstart|\beffective|\bwhat time|\bhours\b|\bopen\b|\bdue\b", _F),
@@ -334,11 +336,11 @@ MIN_OVERLAP = 2  # content words a sentence must share with the question to coun
 MAX_QUOTED = 2  # sentences an extractive answer quotes
 
 
+STEM_CHARS = 5  # a crude prefix stemmer: "reinstate"/"reinstatement", "cover"/"covered"/"coverage" match
+
+
 def _stem(word: str) -> str:
-    for suffix in ("ing", "ed", "es", "s"):
-        if len(word) > len(suffix) + 3 and word.endswith(suffix):
-            return word[: -len(suffix)]
-    return word
+    return word[:STEM_CHARS]
 
 
 def content_stems(text: str) -> frozenset[str]:
@@ -371,19 +373,52 @@ class Quote:
 def best_sentences(question: str, passages: Sequence[Mapping[str, Any]], *, limit: int = MAX_QUOTED) -> list[Quote]:
     """The passage sentences that answer ``question`` best, best first; [] when none shares enough words with it.
 
-    Score: content words shared with the question, +1 when the sentence states a fact of the kind the question
-    asks for, +0.5 when it states any fact, + a small bonus for the retriever's rank of its passage.
+    A sentence must share ``MIN_OVERLAP`` content words (5-letter prefixes) with the question. When the question
+    asks for a kind of fact ("how much" -> money, "how long" -> duration, see ``wanted_kinds``), only sentences
+    stating a fact of that kind qualify, if any do. Score: shared words, +0.5 when the sentence states any fact,
+    + a small bonus for the retriever's rank of its passage.
     """
     wanted, kinds = content_stems(question), wanted_kinds(question)
     need = min(MIN_OVERLAP, max(1, len(wanted)))
-    quotes: list[Quote] = []
+    quotes: list[tuple[Quote, bool]] = []
     for i, p in enumerate(passages):
         for sentence in passage_sentences(p["text"]):
             overlap = len(wanted & content_stems(sentence))
             if overlap < need:
                 continue
             found = {f.kind for f in extract_facts(sentence)}
-            score = overlap + (1.0 if found & kinds else 0.0) + (0.5 if found else 0.0) + 0.3 / (1 + i)
-            quotes.append(Quote(passage=i, sentence=sentence, score=score))
-    quotes.sort(key=lambda q: -q.score)
-    return quotes[:limit]
+            score = overlap + (0.5 if found else 0.0) + 0.3 / (1 + i)
+            quotes.append((Quote(passage=i, sentence=sentence, score=score), bool(found & kinds)))
+    if any(fits for _, fits in quotes):
+        quotes = [(q, fits) for q, fits in quotes if fits]
+    ranked = sorted((q for q, _ in quotes), key=lambda q: -q.score)
+    return ranked[:limit]
+
+
+def extractive_answer(question: str, passages: Sequence[Mapping[str, Any]]) -> tuple[str, list[dict[str, str]]] | None:
+    """Quote the sentences that answer ``question``, each with its citation; None when no passage answers it.
+
+    Format (``prompts.extractive_line``), one line per quote: ``According to <title> [n]: "<sentence>"``.
+    Every quote is verbatim from a passage and is re-checked, so an extractive answer states only supported facts.
+    """
+    from domainroute.graphs.prompts import extractive_line
+
+    lines: list[str] = []
+    used: list[int] = []
+    for quote in best_sentences(question, passages):
+        n = used.index(quote.passage) + 1 if quote.passage in used else len(used) + 1
+        p = passages[quote.passage]
+        line = extractive_line(p["title"], n, quote.sentence)
+        citations = [_citation(passages[i]) for i in used] + ([] if quote.passage in used else [_citation(p)])
+        if not check_answer(line, citations, passages).ok:
+            continue
+        if quote.passage not in used:
+            used.append(quote.passage)
+        lines.append(line)
+    if not lines:
+        return None
+    return "\n".join(lines), [_citation(passages[i]) for i in used]
+
+
+def _citation(p: Mapping[str, Any]) -> dict[str, str]:
+    return {"doc_id": p["doc_id"], "chunk_id": p["chunk_id"], "title": p["title"]}

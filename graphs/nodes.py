@@ -16,7 +16,7 @@ from langgraph.types import interrupt
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from domainroute.errors import RetrievalUnavailableError, UnknownAdapterError
-from domainroute.graphs import prompts
+from domainroute.graphs import grounding, prompts
 from domainroute.graphs.citations import attach_citations
 from domainroute.graphs.context import AgentContext
 from domainroute.graphs.redaction import redact
@@ -28,10 +28,12 @@ from domainroute.tools.retrieval import TOOL_NAME, search_policy_documents
 
 CLASSIFY = "classify"
 REFUSE = "refuse"
+GROUND = "ground"
 CHECK_ESCALATION = "check_escalation"
 HUMAN_REVIEW = "human_review"
 FINALIZE = "finalize"
 RETRIEVAL_UNAVAILABLE = "retrieval_unavailable"
+UNGROUNDED = "ungrounded"
 TAKEOVER_MESSAGE = "A claims specialist has taken over your case and will contact you directly."
 
 
@@ -107,10 +109,65 @@ def make_domain_node(route: RouteConfig) -> Callable[[AgentState, Runtime[AgentC
         model = ctx.chat_model.bind(adapter_id=route.adapter_id, max_new_tokens=ctx.max_new_tokens)
         reply = model.invoke(messages)
         cited = attach_citations(reply.text, passages)
-        return {"passages": passages, "draft": cited.text, "citations": cited.citations}
+        return {"passages": passages, "draft": cited.text, "citations": cited.citations,
+                "citations_removed": cited.dropped}
 
     domain_node.__name__ = domain_node_name(route.name)
     return domain_node
+
+
+def ground(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    """Check the draft's facts against the passages it cites; retry once, else quote the passages, else escalate.
+
+    Nothing unsupported is shown: a draft that fails the check is moved to ``grounding.withheld`` (for the human's
+    packet) and replaced. ``checked``/``supported`` describe the model's first draft; ``removed`` counts citation
+    markers that pointed at no passage of this turn, over every draft of the turn.
+    """
+    passages, draft = state.get("passages", []), state.get("draft", "")
+    first = grounding.check_answer(draft, state.get("citations", []), passages)
+    record: dict[str, Any] = {"checked": first.checked, "supported": first.supported,
+                              "removed": state.get("citations_removed", 0), "action": "none",
+                              "unsupported": [f.text for f in first.unsupported], "withheld": [],
+                              "steps": [_step("check", first)]}
+    if first.ok:
+        return {"grounding": record}
+    record["withheld"].append(_withheld(draft, state.get("citations", []), first))
+    retry, dropped = _regenerate(state, runtime.context, record["unsupported"])
+    record["removed"] += dropped
+    second = grounding.check_answer(retry.text, retry.citations, passages)
+    record["steps"].append(_step("regenerate", second))
+    if second.ok:
+        return {"grounding": {**record, "action": "regenerated"}, "draft": retry.text, "citations": retry.citations}
+    record["withheld"].append(_withheld(retry.text, retry.citations, second))
+    record["unsupported"] += [f.text for f in second.unsupported if f.text not in record["unsupported"]]
+    quoted = grounding.extractive_answer(state["query"], passages)
+    if quoted is None:
+        record["steps"].append({"step": "escalate", "reason": UNGROUNDED})
+        return {"grounding": {**record, "action": "escalated"}, "draft": "", "citations": []}
+    text, citations = quoted
+    record["steps"].append(_step("extractive", grounding.check_answer(text, citations, passages)))
+    return {"grounding": {**record, "action": "extractive"}, "draft": text, "citations": citations}
+
+
+def _regenerate(state: AgentState, ctx: AgentContext, unsupported: list[str]):
+    """One more model call, same adapter and passages, with the unsupported facts named in the prompt."""
+    from domainroute.schemas import Passage
+
+    shown = [Passage(**p) for p in state.get("passages", [])]
+    messages = [SystemMessage(prompts.SYSTEM_PROMPT),
+                HumanMessage(prompts.regeneration_prompt(state["query"], shown, unsupported))]
+    model = ctx.chat_model.bind(adapter_id=state.get("adapter"), max_new_tokens=ctx.max_new_tokens)
+    cited = attach_citations(model.invoke(messages).text, state.get("passages", []))
+    return cited, cited.dropped
+
+
+def _step(name: str, check: grounding.Check) -> dict[str, Any]:
+    return {"step": name, "checked": check.checked, "supported": check.supported,
+            "unsupported": [f.text for f in check.unsupported]}
+
+
+def _withheld(text: str, citations: list[dict[str, str]], check: grounding.Check) -> dict[str, Any]:
+    return {"text": text, "citations": citations, "unsupported": [f.text for f in check.unsupported]}
 
 
 def check_escalation(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
@@ -118,6 +175,9 @@ def check_escalation(state: AgentState, runtime: Runtime[AgentContext]) -> dict[
     decision = runtime.context.escalation_policy.decide(state["query"], claim)
     if state.get("retrieval_error"):
         reasons = sorted(set(decision.reasons) | {RETRIEVAL_UNAVAILABLE})
+        decision = EscalationDecision(escalate=True, score=1.0, reasons=reasons)
+    if (state.get("grounding") or {}).get("action") == "escalated":
+        reasons = sorted(set(decision.reasons) | {UNGROUNDED})
         decision = EscalationDecision(escalate=True, score=1.0, reasons=reasons)
     update: dict[str, Any] = {"escalation": decision.model_dump()}
     if decision.escalate:
@@ -137,6 +197,9 @@ def escalation_packet(state: AgentState) -> dict[str, Any]:
     reasons = list((state.get("escalation") or {}).get("reasons", []))
     if state.get("retrieval_error"):
         summary += f" | note: {prompts.retrieval_failed_reason()}"
+    record = state.get("grounding") or {}
+    if record.get("action") == "escalated":
+        summary += f" | note: {prompts.ungrounded_reason()}"
     return {
         "route": state.get("route"),
         "claim": state.get("claim"),
@@ -146,6 +209,15 @@ def escalation_packet(state: AgentState) -> dict[str, Any]:
         "summary": summary,
         "citations": state.get("citations", []),
         "draft": redact(state.get("draft", "")),
+        "grounding": _grounding_for_human(record) if record else None,
+    }
+
+
+def _grounding_for_human(record: dict[str, Any]) -> dict[str, Any]:
+    """What the grounding check removed: the unsupported facts and the withheld drafts (redacted)."""
+    return {
+        **{k: record.get(k) for k in ("checked", "supported", "removed", "action", "unsupported")},
+        "withheld": [{**w, "text": redact(w["text"])} for w in record.get("withheld", [])],
     }
 
 

@@ -58,6 +58,28 @@ def user_prompt(query: str, passages: Sequence[Passage]) -> str:
     return f"Passages:\n{render_passages(passages, query)}\nQuestion: {query}"
 
 
+def regeneration_prompt(query: str, passages: Sequence[Passage], unsupported: Sequence[str]) -> str:
+    """The user prompt for the one retry after a grounding check: the same passages, the unsupported facts named."""
+    named = ", ".join(f'"{text}"' for text in unsupported)
+    note = (f"Note: the previous answer stated {named}, which the passages do not say. Use only amounts, dates, "
+            "numbers and names that appear in a passage, and cite that passage as [n].")
+    if not passages:
+        return f"Passages: none\n{note}\nQuestion: {query}"
+    return f"Passages:\n{render_passages(passages, query)}\n{note}\nQuestion: {query}"
+
+
+EXTRACTIVE_LINE = 'According to {title} [{n}]: "{sentence}"'
+"""The extractive answer's format: one line per quoted sentence, verbatim from the cited passage."""
+
+
+def extractive_line(title: str, n: int, sentence: str) -> str:
+    return EXTRACTIVE_LINE.format(title=title, n=n, sentence=sentence)
+
+
+def ungrounded_reason() -> str:
+    return "the draft stated facts that no cited passage of this turn supports; it was withheld from the customer"
+
+
 def refusal(pack_refusal: str) -> str:
     return pack_refusal
 

@@ -22,7 +22,7 @@ from lancedb.index import FTS
 from lancedb.table import Table
 
 from domainroute.embeddings import Embedder, default_embedder
-from domainroute.errors import BackendUnavailableError, ConfigError, RetrievalUnavailableError
+from domainroute.errors import BackendUnavailableError, ConfigError, InputError, RetrievalUnavailableError
 from domainroute.retrievers.base import Chunk, SearchFilters
 from domainroute.retrievers.documents import (
     DocumentVersion,
@@ -69,25 +69,50 @@ class LanceDBRetriever:
     # -- the Retriever protocol ---------------------------------------------------------------------------------
 
     def upsert_document(self, chunks: Sequence[Chunk], *, tenant: str) -> int:
-        doc = check_document(chunks, tenant=tenant)
-        vectors = chunk_vectors(doc.chunks, self._get_embedder)
+        return self.upsert_documents([chunks], tenant=tenant)
+
+    def upsert_documents(self, documents: Sequence[Sequence[Chunk]], *, tenant: str) -> int:
+        """Bulk ``upsert_document``: many document versions of one tenant in one atomic merge; return the count.
+
+        Same rules as one call per document (each version replaces its own earlier chunks, every stored version's
+        valid_to is recomputed), but one table write instead of one per document, so large ingests stay fast.
+        """
+        docs = [check_document(chunks, tenant=tenant) for chunks in documents]
+        if not docs:
+            return 0
+        keys = [(doc.doc_id, doc.version) for doc in docs]
+        if len(set(keys)) != len(keys):
+            twice = sorted({key for key in keys if keys.count(key) > 1})
+            raise InputError(f"one upsert_documents call takes each document version once; repeated: {twice}")
+        vectors = [chunk_vectors(doc.chunks, self._get_embedder) for doc in docs]
+        dims = {v.shape[1] for v in vectors}
+        if len(dims) != 1:
+            raise InputError(f"all chunk vectors in one upsert_documents call need one length, got {sorted(dims)}")
+        dim = dims.pop()
         name = TABLE_PREFIX + tenant
-        failure = f"could not store document {doc.doc_id!r} in LanceDB at {self.path}"
+        what = repr(docs[0].doc_id) if len(docs) == 1 else f"{len(docs)} documents"
+        failure = f"could not store document {what} in LanceDB at {self.path}"
         with self._lock, backend_errors(failure, BackendUnavailableError):
-            schema = table_schema(vectors.shape[1])
+            schema = table_schema(dim)
             table = self._db().create_table(name, schema=schema, exist_ok=True)
-            _check_dim(table, vectors.shape[1])
-            source = _merge_source(doc, vectors, table, schema)
-            this_version = (col("doc_id") == lit(doc.doc_id)) & (col("version") == lit(doc.version))
+            _check_dim(table, dim)
+            source = _merge_source(docs, vectors, table, schema)
+            by_version: dict[int, list[str]] = {}
+            for doc in docs:
+                by_version.setdefault(doc.version, []).append(doc.doc_id)
+            these_versions = None
+            for version, doc_ids in sorted(by_version.items()):
+                part = (col("version") == lit(version)) & col("doc_id").isin(doc_ids)
+                these_versions = part if these_versions is None else these_versions | part
             (
                 table.merge_insert("chunk_id")
                 .when_matched_update_all()
                 .when_not_matched_insert_all()
-                .when_not_matched_by_source_delete(this_version)
+                .when_not_matched_by_source_delete(these_versions)
                 .execute(source)
             )
             self._fts_fresh.discard(name)
-        return len(doc.chunks)
+        return sum(len(doc.chunks) for doc in docs)
 
     def search(
         self,
@@ -207,24 +232,38 @@ class LanceDBRetriever:
             self._fts_fresh.add(table.name)
 
 
-def _merge_source(doc: DocumentVersion, vectors: np.ndarray, table: Table, schema: pa.Schema) -> pa.Table:
-    """The new version's rows plus the stored rows of other versions whose valid_to changes: one atomic merge."""
-    others = (
-        table.search()
-        .where((col("doc_id") == lit(doc.doc_id)) & (col("version") != lit(doc.version)))
-        .select(schema.names)
-        .limit(None)
-        .to_arrow()
-    )
-    stored = others["version"].to_pylist()
-    effective = dict(zip(stored, others["effective_date"].to_pylist(), strict=True))
-    valid_to = valid_to_by_version(effective | {doc.version: doc.effective_date})
-    new_valid_to = stored_valid_to(valid_to[doc.version])
+def _merge_source(
+    docs: Sequence[DocumentVersion], vectors: Sequence[np.ndarray], table: Table, schema: pa.Schema
+) -> pa.Table:
+    """The new versions' rows plus the stored rows of other versions whose valid_to changes: one atomic merge."""
+    doc_ids = sorted({doc.doc_id for doc in docs})
+    stored = table.search().where(col("doc_id").isin(doc_ids)).select(schema.names).limit(None).to_arrow()
+    incoming = {(doc.doc_id, doc.version) for doc in docs}
+    stored_keys = list(zip(stored["doc_id"].to_pylist(), stored["version"].to_pylist(), strict=True))
+    others = stored.filter(pa.array([key not in incoming for key in stored_keys], type=pa.bool_()))
+    effective: dict[str, dict[int, date]] = {}
+    for doc_id, version, day in zip(
+        others["doc_id"].to_pylist(), others["version"].to_pylist(), others["effective_date"].to_pylist(), strict=True
+    ):
+        effective.setdefault(doc_id, {})[version] = day
+    for doc in docs:
+        effective.setdefault(doc.doc_id, {})[doc.version] = doc.effective_date
+    valid_to = {doc_id: valid_to_by_version(versions) for doc_id, versions in effective.items()}
     new_rows = pa.Table.from_pylist(
-        [_row(chunk, vector, new_valid_to) for chunk, vector in zip(doc.chunks, vectors.tolist(), strict=True)],
+        [
+            _row(chunk, vector, stored_valid_to(valid_to[doc.doc_id][doc.version]))
+            for doc, doc_vectors in zip(docs, vectors, strict=True)
+            for chunk, vector in zip(doc.chunks, doc_vectors.tolist(), strict=True)
+        ],
         schema=schema,
     )
-    wanted = pa.array([stored_valid_to(valid_to[v]) for v in stored], type=pa.date32())
+    wanted = pa.array(
+        [
+            stored_valid_to(valid_to[doc_id][version])
+            for doc_id, version in zip(others["doc_id"].to_pylist(), others["version"].to_pylist(), strict=True)
+        ],
+        type=pa.date32(),
+    )
     moved = others.set_column(others.schema.get_field_index("valid_to"), "valid_to", wanted)
     return pa.concat_tables([new_rows, moved.filter(pc.not_equal(others["valid_to"], wanted)).cast(schema)])
 

@@ -67,6 +67,7 @@ class SlackStore:
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         db = sqlite3.connect(str(self.path), timeout=10, isolation_level=None)
+        db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: no corruption; a power cut may lose the last writes
         try:
             yield db
         finally:
@@ -102,7 +103,8 @@ class SlackStore:
             db.execute(
                 "INSERT INTO packets (channel, ts, thread_id, origin_channel, origin_thread_ts, packet, posted_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (channel, ts, thread_id, origin_channel, origin_thread_ts, json.dumps(packet, default=str), time.time()),
+                (channel, ts, thread_id, origin_channel, origin_thread_ts, json.dumps(packet, default=str),
+                 time.time()),
             )
 
     def packet(self, channel: str, ts: str) -> PacketRecord | None:

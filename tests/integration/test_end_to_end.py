@@ -21,7 +21,7 @@ ROUTED = [
     ("do I need prior authorization before an MRI?", "health"),
     ("why was I charged a late fee on my premium bill?", "billing"),
 ]
-ASK_KEYS = {"thread_id", "status", "route", "confidence", "adapter", "answer", "citations", "escalation"}
+ASK_KEYS = {"thread_id", "status", "route", "confidence", "adapter", "answer", "citations", "escalation", "grounding"}
 
 
 def _retrieved_ids(service, thread_id: str) -> set[str]:

@@ -1,0 +1,189 @@
+"""Does each adapter pay? Base vs base + own adapter vs base + a wrong domain's adapter, on a held-out split.
+
+For every test example the model gets exactly the agent's prompt (SYSTEM_PROMPT + the example's retrieved
+passages + question) and answers greedily. Each answer is scored (``adapters/templates.py``):
+
+- template compliance: every required section of the domain's house format is present;
+- terminology: share of the domain terms the reference uses that the answer also uses;
+- ROUGE-L F1 against the reference answer;
+- citation faithfulness: cited [n] are a non-empty subset of the given passages, and every amount and date the
+  answer states appears in a cited passage;
+- tokens/s of generation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from domainroute.adapters.dataset import data_path, load_examples, passages_for
+from domainroute.adapters.templates import DOMAINS, citation_faithful, house_format, rouge_l, terminology
+from domainroute.graphs.prompts import SYSTEM_PROMPT, user_prompt
+
+# The "wrong adapter" each domain is compared with.
+WRONG_ADAPTER = {"auto": "home", "home": "health", "health": "billing", "billing": "auto"}
+METRICS = ("compliance", "terminology", "rouge_l", "faithfulness")
+
+
+@dataclass
+class ConditionResult:
+    domain: str
+    condition: str  # base | own | wrong
+    adapter_id: str | None
+    n: int
+    compliance: float
+    terminology: float
+    rouge_l: float
+    faithfulness: float
+    tokens_per_s: float
+    answers: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("answers")
+        return out
+
+
+def score(domain: str, answer: str, reference: str, passage_texts: Sequence[str]) -> dict[str, Any]:
+    fmt = house_format(domain)
+    return {
+        "missing": fmt.missing(answer),
+        "compliant": fmt.compliant(answer),
+        "terminology": terminology(answer, reference, domain),
+        "rouge_l": rouge_l(answer, reference),
+        "faithful": citation_faithful(answer, passage_texts),
+    }
+
+
+def run_condition(
+    engine,
+    domain: str,
+    examples: Sequence[dict[str, Any]],
+    chunks_by_id: dict,
+    *,
+    adapter_id: str | None,
+    condition: str,
+    batch_size: int = 8,
+    max_new_tokens: int = 120,
+    progress: bool = False,
+) -> ConditionResult:
+    """Answer every example with ``engine`` (a LocalChatModel) and ``adapter_id``; score the answers."""
+    from langchain_core.messages import HumanMessage, SystemMessage
+    from tqdm import tqdm
+
+    prepared = []
+    for example in examples:
+        passages = passages_for(example, chunks_by_id)
+        prompt = engine.prompt_text([SystemMessage(SYSTEM_PROMPT), HumanMessage(user_prompt(example["query"], passages))])
+        prepared.append((example, passages, prompt))
+    tokenizer = engine.load().tokenizer
+    answers, seconds, generated = [], 0.0, 0
+    bar = tqdm(total=len(prepared), desc=f"eval {domain}/{condition}", unit="answer", disable=not progress)
+    for i in range(0, len(prepared), batch_size):
+        chunk = prepared[i: i + batch_size]
+        start = time.perf_counter()
+        texts = engine.generate_texts([p for _, _, p in chunk], adapter_ids=[adapter_id] * len(chunk),
+                                      max_new_tokens=max_new_tokens)
+        seconds += time.perf_counter() - start
+        for (example, passages, _), text in zip(chunk, texts, strict=True):
+            generated += len(tokenizer(text, add_special_tokens=False)["input_ids"])
+            scored = score(domain, text, example["answer"], [p.text for p in passages])
+            answers.append({"query": example["query"], "answer": text, "reference": example["answer"], **scored})
+        bar.update(len(chunk))
+    bar.close()
+    n = len(answers)
+
+    def mean(key: str) -> float:
+        return round(sum(float(a[key]) for a in answers) / n, 4) if n else 0.0
+
+    return ConditionResult(domain=domain, condition=condition, adapter_id=adapter_id, n=n,
+                           compliance=mean("compliant"), terminology=mean("terminology"), rouge_l=mean("rouge_l"),
+                           faithfulness=mean("faithful"), tokens_per_s=round(generated / seconds, 1) if seconds else 0.0,
+                           answers=answers)
+
+
+def _chunks(kb_dir: Path) -> dict:
+    from domainroute.retrievers.ingest import load_chunks
+
+    return {c.chunk_id: c for c in load_chunks(kb_dir)}
+
+
+def evaluate_split(
+    domain: str,
+    base_model_path: Path,
+    data: Path,
+    *,
+    adapters: dict[str, Path],
+    adapter_id: str | None,
+    kb_dir: Path,
+    split: str = "test",
+    max_new_tokens: int = 120,
+    threads: int = 1,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """One condition's figures on one split (what a trained adapter's manifest records)."""
+    from domainroute.agents.local_engine import LocalChatModel
+
+    engine = LocalChatModel(model_path=base_model_path, adapters=adapters, torch_threads=threads)
+    result = run_condition(engine, domain, load_examples(data, split), _chunks(kb_dir), adapter_id=adapter_id,
+                           condition="own" if adapter_id else "base", max_new_tokens=max_new_tokens,
+                           progress=progress)
+    return {k: v for k, v in result.summary().items() if k in ("n", *METRICS, "tokens_per_s")}
+
+
+def evaluate_all(
+    base_model_path: Path,
+    adapters: dict[str, Path],
+    data_dir: Path,
+    kb_dir: Path,
+    *,
+    domains: Sequence[str] = DOMAINS,
+    split: str = "test",
+    limit: int | None = None,
+    max_new_tokens: int = 120,
+    threads: int = 1,
+    progress: bool = True,
+) -> list[ConditionResult]:
+    """Base, own adapter and wrong adapter for each domain, on one engine that holds every adapter."""
+    from domainroute.agents.local_engine import LocalChatModel
+    from domainroute.errors import ConfigError
+
+    for domain in domains:
+        house_format(domain)
+        for needed in (f"insurance-{domain}", f"insurance-{WRONG_ADAPTER[domain]}"):
+            if needed not in adapters:
+                raise ConfigError(f"adapter {needed!r} is not in the registry (known: {', '.join(sorted(adapters))}); "
+                                  f"train it with `domainroute adapters train {needed.removeprefix('insurance-')}`")
+    engine = LocalChatModel(model_path=base_model_path, adapters=adapters, torch_threads=threads)
+    chunks_by_id = _chunks(kb_dir)
+    results = []
+    for domain in domains:
+        examples = load_examples(data_path(data_dir, domain), split)[:limit]
+        for condition, adapter_id in (("base", None), ("own", f"insurance-{domain}"),
+                                      ("wrong", f"insurance-{WRONG_ADAPTER[domain]}")):
+            results.append(run_condition(engine, domain, examples, chunks_by_id, adapter_id=adapter_id,
+                                         condition=condition, max_new_tokens=max_new_tokens, progress=progress))
+    return results
+
+
+def beats_base(results: Sequence[ConditionResult]) -> dict[str, bool]:
+    """Per domain: does the own adapter beat the base model on all four quality figures?"""
+    by = {(r.domain, r.condition): r for r in results}
+    out = {}
+    for domain in sorted({r.domain for r in results}):
+        own, base = by.get((domain, "own")), by.get((domain, "base"))
+        if own and base:
+            out[domain] = all(getattr(own, m) > getattr(base, m) for m in METRICS)
+    return out
+
+
+def markdown_table(results: Sequence[ConditionResult]) -> str:
+    lines = ["| domain | condition | adapter | n | compliance | terminology | ROUGE-L | faithfulness | tokens/s |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        lines.append(f"| {r.domain} | {r.condition} | {r.adapter_id or 'base'} | {r.n} | {r.compliance:.2f} | "
+                     f"{r.terminology:.2f} | {r.rouge_l:.2f} | {r.faithfulness:.2f} | {r.tokens_per_s:.0f} |")
+    return "\n".join(lines)

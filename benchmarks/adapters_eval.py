@@ -1,0 +1,99 @@
+"""Issue-5 proof: does each domain adapter beat the base model on its held-out test split?
+
+For each domain: base vs base + own adapter vs base + a wrong domain's adapter, same passages, greedy decoding;
+template compliance, terminology, ROUGE-L, citation faithfulness and tokens/s (see adapters/evaluate.py).
+
+Run:  .venv/bin/python benchmarks/adapters_eval.py [--limit N] [--threads T]
+Writes docs/benchmarks/adapters.md (table + sample answers) and docs/benchmarks/adapters.json (every answer).
+The same figures without writing files: domainroute adapters eval
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from domainroute.adapters.evaluate import METRICS, WRONG_ADAPTER, beats_base, evaluate_all, markdown_table  # noqa: E402
+from domainroute.adapters.registry import verified_adapters  # noqa: E402
+from domainroute.adapters.templates import DOMAINS  # noqa: E402
+from domainroute.settings import Settings  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--limit", type=int, help="first N test examples per domain (default: all)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "adapters.md")
+    args = parser.parse_args()
+
+    settings = Settings()
+    adapters = {a: e.path for a, e in verified_adapters(settings.adapters_dir, settings.base_model_path).items()}
+    start = time.perf_counter()
+    results = evaluate_all(settings.base_model_path, adapters, settings.adapters_dir / "data", settings.kb_dir,
+                           domains=DOMAINS, limit=args.limit, threads=args.threads)
+    seconds = time.perf_counter() - start
+    verdict = beats_base(results)
+    own = [r for r in results if r.condition == "own"]
+
+    lines = [
+        "# Domain adapters: base vs own adapter vs wrong adapter",
+        "",
+        f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()} CPU, torch threads "
+        f"{args.threads}, greedy decoding, max 120 new tokens, batches of 8 (one adapter per batch); "
+        f"{seconds:.0f} s in all.",
+        "",
+        "Command: `.venv/bin/python benchmarks/adapters_eval.py"
+        + (f" --limit {args.limit}" if args.limit else "") + "` (the same table: `domainroute adapters eval`).",
+        "",
+        "Test split of each domain's data (`domainroute/packs/insurance/adapters/data/<domain>.jsonl`, split by "
+        "query hash), the same retrieved passages for all three conditions. The wrong adapter is "
+        + ", ".join(f"{d} -> insurance-{w}" for d, w in WRONG_ADAPTER.items())
+        + ". Metric definitions: [docs/adapters.md](../adapters.md#evaluation).",
+        "",
+        markdown_table(results),
+        "",
+        "## Targets",
+        "",
+        "| domain | own beats base on all four | citation faithfulness with adapter (target >= 0.95) |",
+        "|---|---|---:|",
+    ]
+    for r in own:
+        lines.append(f"| {r.domain} | {'yes' if verdict.get(r.domain) else 'no'} | {r.faithfulness:.2f} |")
+    lines += ["", "Figures where the own adapter does not beat the base:", ""]
+    by = {(r.domain, r.condition): r for r in results}
+    misses = [f"- {d}: {m} {getattr(by[(d, 'own')], m):.2f} vs base {getattr(by[(d, 'base')], m):.2f}"
+              for d in DOMAINS for m in METRICS if getattr(by[(d, "own")], m) <= getattr(by[(d, "base")], m)]
+    lines += misses or ["- none"]
+    lines += ["", "## Sample answers (first test example of each domain)", ""]
+    for domain in DOMAINS:
+        rows = {c: by[(domain, c)].answers[0] for c in ("base", "own", "wrong") if by[(domain, c)].answers}
+        if not rows:
+            continue
+        lines += [f"### {domain}: {rows['base']['query']}", ""]
+        for condition, row in rows.items():
+            lines += [f"**{condition}** (compliant {row['compliant']}, faithful {row['faithful']}):", "", "```text",
+                      row["answer"], "```", ""]
+        lines += ["**reference:**", "", "```text", rows["base"]["reference"], "```", ""]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    dump = {"seconds": round(seconds, 1), "own_beats_base": verdict,
+            "results": [{**r.summary(), "answers": r.answers} for r in results]}
+    args.out.with_suffix(".json").write_text(json.dumps(dump, indent=1, ensure_ascii=False) + "\n")
+    print(markdown_table(results))
+    print(json.dumps(verdict))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,279 @@
+"""Unit tests for the learned router and the deterministic splits, on tiny fixtures and a fake encoder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from domainroute.agents import splits
+from domainroute.agents.interfaces import Router
+from domainroute.agents.router import EmbeddingRouter, LexicalFeatures, load_router, train_router
+from domainroute.errors import ConfigError
+from domainroute.pack import load_pack
+from domainroute.schemas import MAX_QUERY_CHARS, RouteDecision
+
+pytestmark = pytest.mark.unit
+
+ROUTES = ["auto", "home", "health", "billing", "out_of_scope"]
+VOCAB = {
+    "auto": ["car", "windshield", "collision", "towing", "bumper", "vehicle", "tow", "rental", "driver", "crash"],
+    "home": ["roof", "kitchen", "basement", "pipe", "flood", "house", "mold", "attic", "fire", "apartment"],
+    "health": ["doctor", "prescription", "hospital", "clinic", "surgery", "therapy", "referral", "eob", "mri", "pharmacy"],
+    "billing": ["premium", "invoice", "autopay", "refund", "payment", "fee", "charged", "bill", "installment", "card"],
+    "out_of_scope": ["weather", "recipe", "pasta", "python", "football", "poem", "joke", "movie", "guitar", "holiday"],
+}
+FILLERS = ["is my {a} covered", "question about the {a} and the {b}", "{a} {b} help please", "what about my {a} {b}"]
+
+
+class FakeEmbedder:
+    """Deterministic hashed bag of words: the same interface as the real encoder, no model to load."""
+
+    name = "fake-hash-embedder"
+    dim = 64
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            for word in re.findall(r"[a-z0-9]+", text.lower()):
+                seed = int.from_bytes(hashlib.sha256(word.encode()).digest()[:8], "little")
+                out[i] += np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
+            norm = np.linalg.norm(out[i])
+            out[i] = out[i] / norm if norm else out[i]
+        return out
+
+
+def make_examples(routes=ROUTES, vocab=VOCAB) -> list[dict[str, str]]:
+    """Ten words per route in four frames; one frame borrows a word from the next route, so routes overlap."""
+    rows = []
+    for k, r in enumerate(routes):
+        words, other = vocab[r], vocab[routes[(k + 1) % len(routes)]]
+        for i, a in enumerate(words):
+            for j, template in enumerate(FILLERS):
+                b = other[i] if j == len(FILLERS) - 1 else words[(i + j + 1) % len(words)]
+                rows.append({"query": template.format(a=a, b=b), "route": r})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def fitted() -> EmbeddingRouter:
+    rows = make_examples()
+    parts = splits.assign_splits(rows, splits.route_label, ratios=(0.7, 0.3, 0.0))
+    return EmbeddingRouter(FakeEmbedder()).fit(parts["train"], ROUTES, parts["validation"],
+                                               min_confidence={r: 0.3 for r in ROUTES[:-1]})
+
+
+def test_implements_router_protocol(fitted: EmbeddingRouter) -> None:
+    assert isinstance(fitted, Router)
+
+
+def test_routes_in_vocabulary_queries(fitted: EmbeddingRouter) -> None:
+    for route, query in [("auto", "my windshield and bumper after the crash"), ("home", "mold in the basement"),
+                         ("health", "prescription from the pharmacy"), ("billing", "refund of the fee on my card"),
+                         ("out_of_scope", "a pasta recipe and a joke")]:
+        decision = fitted.route(query)
+        assert isinstance(decision, RouteDecision)
+        assert decision.route == route, (query, decision)
+        assert 0.0 <= decision.confidence <= 1.0
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "x" * (MAX_QUERY_CHARS + 1)])
+def test_bad_query_is_a_value_error(fitted: EmbeddingRouter, bad: str) -> None:
+    with pytest.raises(ValueError, match="query"):
+        fitted.route(bad)
+
+
+def test_unknown_previous_route_is_a_value_error(fitted: EmbeddingRouter) -> None:
+    with pytest.raises(ValueError, match="known: auto"):
+        fitted.route("towing", previous_route="autos")
+
+
+def test_follow_up_keeps_previous_route_unless_confidently_elsewhere(fitted: EmbeddingRouter) -> None:
+    # words the model never saw: nothing points anywhere, so a short follow-up stays on the thread's route
+    assert fitted.route("and what about zebra quux?", previous_route="home").route == "home"
+    assert fitted.route("and what about zebra quux?", previous_route="auto").route == "auto"
+    # clearly about another route: switches even as a follow-up
+    assert fitted.route("my premium invoice and refund fee", previous_route="auto").route == "billing"
+    # a long query is not treated as a follow-up
+    long_query = "and what about zebra quux " + " ".join(["zebra"] * 10)
+    assert fitted.route(long_query, previous_route="home").route == fitted.route(long_query).route
+
+
+def test_pack_min_confidence_is_respected(fitted: EmbeddingRouter) -> None:
+    strict = EmbeddingRouter(FakeEmbedder())
+    strict.__dict__.update(fitted.__dict__)
+    assert fitted.thresholds is not None
+    strict.thresholds = type(fitted.thresholds)(abstain=fitted.thresholds.abstain, follow_up=fitted.thresholds.follow_up,
+                                                min_confidence={**fitted.thresholds.min_confidence, "auto": 1.0})
+    assert fitted.route("windshield towing car").route == "auto"
+    assert strict.route("windshield towing car").route == "out_of_scope"
+
+
+def test_evaluate_reports_the_agreed_metrics(fitted: EmbeddingRouter) -> None:
+    m = fitted.evaluate(make_examples()[:40] + make_examples()[-40:])
+    for key in ("accuracy", "macro_f1", "per_route", "out_of_scope_precision", "out_of_scope_recall", "ece",
+                "p50_ms", "p95_ms"):
+        assert key in m
+    assert set(m["per_route"]) == set(ROUTES)
+    assert {"precision", "recall"} <= set(m["per_route"]["auto"])
+    assert m["accuracy"] > 0.9
+
+
+def test_fit_report_has_calibration_and_thresholds(fitted: EmbeddingRouter) -> None:
+    r = fitted.fit_report
+    assert r["oos_recall_target_met"] is True
+    assert 0.0 <= r["abstain_threshold"] <= 1.0 and r["temperature"] > 0
+    assert "validation_ece" in r and "follow_up_threshold" in r
+
+
+def test_fit_rejects_bad_inputs() -> None:
+    rows = make_examples()
+    with pytest.raises(ValueError, match="out_of_scope"):
+        EmbeddingRouter(FakeEmbedder()).fit(rows, ROUTES[:-1])
+    with pytest.raises(ValueError, match="not in routes"):
+        EmbeddingRouter(FakeEmbedder()).fit(rows + [{"query": "boat", "route": "marine"}], ROUTES)
+
+
+def test_save_load_round_trip_without_pickle(fitted: EmbeddingRouter, tmp_path: Path) -> None:
+    manifest = fitted.save(tmp_path / "model", extra={"test_metrics": {"accuracy": 1.0}})
+    files = sorted(p.name for p in (tmp_path / "model").iterdir())
+    assert files == ["classifier.safetensors", "lexicon.json", "manifest.json"]
+    assert manifest["version"] == 1 and manifest["routes"] == ROUTES and manifest["encoder"] == "fake-hash-embedder"
+    loaded = EmbeddingRouter.load(tmp_path / "model", embedder=FakeEmbedder())
+    queries = ["car crash towing", "mold in the attic", "a poem about football"]
+    np.testing.assert_allclose(loaded.predict_proba(queries), fitted.predict_proba(queries), rtol=1e-5, atol=1e-6)
+    assert fitted.save(tmp_path / "model")["previous_version"]["version"] == 1
+
+
+def test_load_missing_model_says_how_to_fix(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="domainroute router train"):
+        EmbeddingRouter.load(tmp_path / "nothing", embedder=FakeEmbedder())
+
+
+def test_lexical_features_match_sklearn() -> None:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    texts = ["my windsheild is cracked", "the windshield, the WINDSHIELD!", "premium due"]
+    lex = LexicalFeatures.fit(texts)
+    got = lex.transform(["windshield cracked premium premium", "nothing known here zz"]).toarray()
+    want = []
+    for analyzer, ngrams in LexicalFeatures.ANALYZERS:
+        v = TfidfVectorizer(analyzer=analyzer, ngram_range=ngrams, sublinear_tf=True).fit(texts)
+        want.append(v.transform(["windshield cracked premium premium", "nothing known here zz"]).toarray())
+    np.testing.assert_allclose(got, np.hstack(want), atol=1e-6)
+
+
+# --- pack-level: train_router / load_router, adding a route ------------------------------------------------------
+
+PACK_TOML = """
+name = "tiny"
+refusal = "Sorry."
+{routes}
+"""
+ROUTE_TOML = """
+[[routes]]
+name = "{name}"
+kind = "{kind}"
+description = "{name} things"
+thresholds = {{ min_confidence = 0.3 }}
+"""
+
+
+def write_pack(root: Path, routes: list[str], rows: list[dict[str, str]]) -> Path:
+    (root / "router").mkdir(parents=True, exist_ok=True)
+    body = "".join(ROUTE_TOML.format(name=r, kind="refusal" if r == "out_of_scope" else "domain") for r in routes)
+    (root / "pack.toml").write_text(PACK_TOML.format(routes=body), encoding="utf-8")
+    with (root / "router" / "queries.jsonl").open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
+    return root
+
+
+def test_train_router_writes_splits_model_and_manifest(tmp_path: Path) -> None:
+    pack_dir = write_pack(tmp_path / "pack", ROUTES, make_examples())
+    manifest = train_router(pack_dir, embedder=FakeEmbedder())
+    model_dir = pack_dir / "router" / "model"
+    assert (model_dir / "manifest.json").exists()
+    for s in ("train", "validation", "test"):
+        assert (pack_dir / "router" / f"{s}.jsonl").exists()
+        assert manifest["data"]["files"][f"{s}.jsonl"]
+    assert len(manifest["data"]["sha256"]) == 64
+    assert manifest["test_metrics"]["accuracy"] > 0.6
+    assert set(manifest["thresholds"]) >= {"abstain", "follow_up", "min_confidence"}
+    router = load_router(model_dir, load_pack(pack_dir), embedder=FakeEmbedder())
+    assert router.route("collision with my car").route == "auto"
+
+
+def test_adding_a_route_needs_retraining_and_then_routes(tmp_path: Path) -> None:
+    pack_dir = write_pack(tmp_path / "pack", ROUTES, make_examples())
+    train_router(pack_dir, embedder=FakeEmbedder())
+    travel = ["flight", "luggage", "passport", "airline", "trip", "cruise", "hotel", "visa", "airport", "itinerary"]
+    travel_rows = [{"query": t.format(a=a, b=travel[(i + j + 3) % 10]), "route": "travel"}
+                   for i, a in enumerate(travel) for j, t in enumerate(FILLERS)]
+    routes = ROUTES[:-1] + ["travel", "out_of_scope"]
+    write_pack(pack_dir, routes, make_examples() + travel_rows)
+    with pytest.raises(ConfigError, match="domainroute router train"):
+        load_router(pack_dir / "router" / "model", load_pack(pack_dir), embedder=FakeEmbedder())
+    old_test = (pack_dir / "router" / "test.jsonl").read_text(encoding="utf-8").splitlines()
+    manifest = train_router(pack_dir, embedder=FakeEmbedder())
+    assert "travel" in manifest["routes"] and manifest["version"] == 2
+    new_test = (pack_dir / "router" / "test.jsonl").read_text(encoding="utf-8").splitlines()
+    assert set(old_test) <= set(new_test)  # old rows kept their split
+    router = load_router(pack_dir / "router" / "model", load_pack(pack_dir), embedder=FakeEmbedder())
+    assert router.route("lost luggage on my flight").route == "travel"
+
+
+def test_train_router_rejects_undeclared_routes(tmp_path: Path) -> None:
+    rows = make_examples() + [{"query": f"boat {i} hull", "route": "marine"} for i in range(10)]
+    pack_dir = write_pack(tmp_path / "pack", ROUTES, rows)
+    with pytest.raises(ConfigError, match="marine"):
+        train_router(pack_dir, embedder=FakeEmbedder())
+
+
+# --- splits ------------------------------------------------------------------------------------------------------
+
+
+def test_splits_are_stratified_and_deterministic(tmp_path: Path) -> None:
+    source = tmp_path / "queries.jsonl"
+    rows = make_examples()
+    splits.write_jsonl(source, rows + rows[:3])  # three exact duplicates
+    report = splits.split_jsonl(source, "route")
+    assert report.duplicates_dropped == 3
+    for route in ROUTES:
+        assert report.counts[route] == {"train": 24, "validation": 8, "test": 8}
+    first = {s: (tmp_path / f"{s}.jsonl").read_text(encoding="utf-8") for s in splits.SPLITS}
+    splits.split_jsonl(source, "route", keep_existing=False)
+    assert first == {s: (tmp_path / f"{s}.jsonl").read_text(encoding="utf-8") for s in splits.SPLITS}
+    assert splits.splits_current(source)
+
+
+def test_adding_rows_never_moves_old_rows(tmp_path: Path) -> None:
+    source = tmp_path / "queries.jsonl"
+    rows = make_examples()
+    splits.write_jsonl(source, rows)
+    splits.split_jsonl(source, "route")
+    before = {s: set((tmp_path / f"{s}.jsonl").read_text(encoding="utf-8").splitlines()) for s in splits.SPLITS}
+    extra = [{"query": f"new auto question number {i}", "route": "auto"} for i in range(10)]
+    splits.write_jsonl(source, rows + extra)
+    assert not splits.splits_current(source)
+    report = splits.split_jsonl(source, "route")
+    after = {s: set((tmp_path / f"{s}.jsonl").read_text(encoding="utf-8").splitlines()) for s in splits.SPLITS}
+    for s in splits.SPLITS:
+        assert before[s] <= after[s]
+    assert report.newly_assigned == 10 and report.counts["auto"] == {"train": 30, "validation": 10, "test": 10}
+
+
+def test_primary_trigger_label() -> None:
+    assert splits.primary_trigger({"triggers": ["large_loss", "dispute"]}) == "dispute"
+    assert splits.primary_trigger({"triggers": ["new_policy", "large_loss"]}) == "new_policy"
+    assert splits.primary_trigger({"triggers": []}) == "none"
+
+
+def test_fast_inference_path_matches_the_training_design(fitted: EmbeddingRouter) -> None:
+    queries = ["car crash towing", "mold in the attic", "zzz", "a poem about football and my premium"]
+    slow = fitted._proba(fitted._design(queries))
+    np.testing.assert_allclose(fitted.predict_proba(queries), slow, rtol=1e-5, atol=1e-6)
