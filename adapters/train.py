@@ -41,9 +41,9 @@ class AdapterTrainConfig:
     dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input, in [0, 1)."})
     target_modules: tuple[str, ...] = field(
         default=("q_proj", "v_proj"), metadata={"help": "Names of the linear layers that get LoRA matrices."})
-    learning_rate: float = field(default=3e-3, metadata={"help": "Peak AdamW learning rate (warm-up, then cosine)."})
+    learning_rate: float = field(default=6e-3, metadata={"help": "Peak AdamW learning rate (warm-up, then cosine)."})
     epochs: int = field(default=3, metadata={"help": "Passes over the training split."})
-    batch_size: int = field(default=8, metadata={"help": "Examples per optimizer step."})
+    batch_size: int = field(default=4, metadata={"help": "Examples per optimizer step."})
     seed: int = field(default=1234, metadata={"help": "Seed for LoRA initialisation, dropout and data order."})
     max_seq_len: int = field(default=512, metadata={
         "help": "Longest training sequence in tokens; longer prompts are cut from the left, the answer is kept."})

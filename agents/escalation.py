@@ -13,8 +13,9 @@ Two kinds of triggers, reported as ``reasons``:
   decides anything.
 
 Thresholds are chosen on the validation split, recall first: every head starts at the highest threshold that
-keeps its validation recall at ``recall_target``; then thresholds are raised one step at a time while overall
-recall and every trigger's recall stay at target and precision improves.
+keeps its own validation recall at ``trigger_recall_target``; then thresholds are raised one step at a time while
+overall recall stays at ``recall_target``, every trigger's (named-reason) recall at ``trigger_recall_target``, and
+precision improves.
 
 ``score`` in a decision is 1.0 when a structured trigger fires; otherwise the largest head score rescaled so that
 0.5 sits exactly at that head's threshold (so ``escalate`` is ``score >= 0.5``), monotone in the calibrated
@@ -44,6 +45,7 @@ from domainroute.agents.router import (
     TextEncoder,
     ece,
     fit_logreg,
+    latency_context,
     linear_scores,
     next_version,
     percentiles_ms,
@@ -140,7 +142,7 @@ def _margin(p: np.ndarray, t: np.ndarray) -> np.ndarray:
 class _Scored:
     """Per-row calibrated head probabilities and the structured triggers, for threshold search and evaluation."""
 
-    probs: np.ndarray  # rows x heads
+    probs: np.ndarray | None  # rows x heads (None for a policy without head probabilities)
     structured: list[list[str]]
     labels: list[list[str]]
     escalate: np.ndarray
@@ -312,7 +314,7 @@ class LearnedEscalationPolicy:
                 t[j] = pos[int(np.floor((1 - self.trigger_recall_target) * pos.size))]
 
         def feasible(th: np.ndarray) -> tuple[bool, float]:
-            m = self._metrics(s, self._decide_scored(s, th), latency=False)
+            m = self._metrics(s, self._decide_scored(s, th))
             ok = m["recall"] >= self.recall_target and all(
                 m["per_trigger_recall"][k] >= self.trigger_recall_target for k in TEXT_TRIGGERS
                 if m["per_trigger_support"][k])
@@ -347,27 +349,37 @@ class LearnedEscalationPolicy:
         return self._decision(p, structured_triggers(claim, self.limits), self.thresholds)
 
     # -- evaluation -----------------------------------------------------------------------------------------
-    def evaluate(self, rows: list[Row]) -> dict[str, Any]:
-        """Recall, precision, per-trigger recall, calibration error and latency (one decide() per row)."""
+    def evaluate(self, rows: list[Row], *, timed: bool = True) -> dict[str, Any]:
+        """Recall, precision, per-trigger recall, calibration error and (``timed``) latency.
+
+        ``timed``: one decide() per row, so p50/p95 are the real per-decision cost; otherwise one batch (faster,
+        same decisions, no latency).
+        """
         self._require_fitted()
+        assert self.thresholds is not None
         if not rows:
             raise ValueError("evaluate needs at least one row")
         rows = [_check_row(r, f"row {i}") for i, r in enumerate(rows)]
-        decisions, probs, times = [], [], []
-        assert self.thresholds is not None
-        for r in rows:  # what decide() does, keeping the head probabilities for the calibration error
-            t0 = time.perf_counter()
-            p = self._probs_fast([r["query"]], [r["claim"]])[0]
-            decisions.append(self._decision(p, structured_triggers(r["claim"], self.limits), self.thresholds))
-            times.append(time.perf_counter() - t0)
-            probs.append(p)
-        scored = _Scored(probs=np.stack(probs), structured=[structured_triggers(r["claim"], self.limits) for r in rows],
-                         labels=[r["triggers"] for r in rows], escalate=np.array([r["escalate"] for r in rows]),
-                         claims=[r["claim"] for r in rows])
-        return {**self._metrics(scored, decisions), **percentiles_ms(times)}
+        structured = [structured_triggers(r["claim"], self.limits) for r in rows]
+        times: list[float] = []
+        if timed:
+            probs = []
+            for r, st in zip(rows, structured):  # what decide() does, keeping the head probabilities
+                t0 = time.perf_counter()
+                p = self._probs_fast([r["query"]], [r["claim"]])[0]
+                self._decision(p, st, self.thresholds)
+                times.append(time.perf_counter() - t0)
+                probs.append(p)
+            all_probs = np.stack(probs)
+        else:
+            all_probs = self._probs_fast([r["query"] for r in rows], [r["claim"] for r in rows])
+        decisions = [self._decision(p, st, self.thresholds) for p, st in zip(all_probs, structured)]
+        scored = _Scored(probs=all_probs, structured=structured, labels=[r["triggers"] for r in rows],
+                         escalate=np.array([r["escalate"] for r in rows]), claims=[r["claim"] for r in rows])
+        return {**self._metrics(scored, decisions), **(percentiles_ms(times) if timed else {})}
 
     @staticmethod
-    def _metrics(s: _Scored, decisions: list[EscalationDecision], *, latency: bool = True) -> dict[str, Any]:
+    def _metrics(s: _Scored, decisions: list[EscalationDecision]) -> dict[str, Any]:
         pred = np.array([d.escalate for d in decisions])
         truth = s.escalate
         tp = int((pred & truth).sum())
@@ -383,8 +395,6 @@ class LearnedEscalationPolicy:
             per_caught[trig] = round(sum(decisions[i].escalate for i in idx) / len(idx), 4) if idx else None
         health_injury = sum(1 for d, c, lab in zip(decisions, s.claims, s.labels)
                             if c is not None and c.line == "health" and "injury" in d.reasons and "injury" not in lab)
-        y_heads = np.array([[h in lab for h in TEXT_TRIGGERS] for lab in s.labels])
-        y_heads = np.hstack([y_heads, y_heads.any(axis=1, keepdims=True)])
         out = {
             "n": len(decisions),
             "recall": round(recall, 4),
@@ -397,8 +407,11 @@ class LearnedEscalationPolicy:
             "per_trigger_escalated": per_caught,
             "per_trigger_support": support,
             "injury_reason_on_health_claims": health_injury,
-            "ece": round(ece(s.probs.ravel(), y_heads.ravel()), 4),
         }
+        if s.probs is not None:  # calibration of every head's probability against its label
+            y_heads = np.array([[h in lab for h in TEXT_TRIGGERS] for lab in s.labels])
+            y_heads = np.hstack([y_heads, y_heads.any(axis=1, keepdims=True)])
+            out["ece"] = round(ece(s.probs.ravel(), y_heads.ravel()), 4)
         return out
 
     # -- persistence ----------------------------------------------------------------------------------------
@@ -422,7 +435,8 @@ class LearnedEscalationPolicy:
             "limits": self.limits.model_dump(),
             "targets": {"recall": self.recall_target, "trigger_recall": self.trigger_recall_target},
             "fit": self.fit_report,
-            "previous_version": {"version": old.get("version"), "test_metrics": old.get("test_metrics")} if old else None,
+            "previous_version": ({"version": old.get("version"), "test_metrics": old.get("test_metrics")}
+                                 if old else None),
             **(extra or {}),
         }
         arrays = {"coef": np.ascontiguousarray(self.coef), "intercept": np.ascontiguousarray(self.intercept)}
@@ -466,6 +480,17 @@ class LearnedEscalationPolicy:
         policy.fit_report = dict(manifest.get("fit", {}))
         policy.manifest = manifest
         return policy
+
+
+def score_decisions(rows: list[Row], decisions: list[EscalationDecision], limits: EscalationLimits) -> dict[str, Any]:
+    """Recall, precision and per-trigger recall of any policy's decisions on labelled rows (benchmarks use it)."""
+    if len(rows) != len(decisions):
+        raise ValueError(f"{len(rows)} rows but {len(decisions)} decisions")
+    checked = [_check_row(r, f"row {i}") for i, r in enumerate(rows)]
+    scored = _Scored(probs=None, structured=[structured_triggers(r["claim"], limits) for r in checked],
+                     labels=[r["triggers"] for r in checked], escalate=np.array([r["escalate"] for r in checked]),
+                     claims=[r["claim"] for r in checked])
+    return LearnedEscalationPolicy._metrics(scored, decisions)
 
 
 def _fit_platt(z: np.ndarray, y: np.ndarray, head: str) -> tuple[float, float]:
@@ -535,7 +560,8 @@ def train_escalation(pack_dir: Path, out_dir: Path | None = None, *,
     out_dir = Path(out_dir) if out_dir is not None else pack_dir / "escalation" / "model"
     return policy.save(out_dir, extra={"data": {**_data_info(paths), "n_train": len(train),
                                                 "n_validation": len(validation), "n_test": len(test)},
-                                       "train_seconds": round(train_seconds, 2), "test_metrics": metrics})
+                                       "train_seconds": round(train_seconds, 2), "test_metrics": metrics,
+                                       "latency_context": latency_context()})
 
 
 def load_escalation_policy(model_dir: Path, pack: Pack, *,
@@ -606,13 +632,14 @@ def retrain(pack_dir: Path, log_path: Path | None = None, *, model_dir: Path | N
 
     Log rows that repeat a validation or test row (same query and claim) are skipped, so both stay fixed; a log
     row that repeats a training row replaces it (the human's label wins). The default log is
-    ``<pack>/escalation/human_decisions.jsonl``.
+    ``<pack>/escalation/human_decisions.jsonl``. The split files are used as they are (new rows in
+    ``decisions.jsonl`` reach the model through :func:`train_escalation`, which places them).
     """
     pack_dir = Path(pack_dir)
     pack = load_pack(pack_dir)
     log_path = Path(log_path) if log_path is not None else pack_dir / DEFAULT_LOG
     model_dir = Path(model_dir) if model_dir is not None else pack_dir / "escalation" / "model"
-    paths = _ensure_splits(pack_dir)
+    paths = escalation_data_paths(pack_dir)  # the splits as they are: retraining never re-splits
     train, validation, test = (load_split(pack_dir, s) for s in splits_mod.SPLITS)
     if not log_path.exists():
         raise ConfigError(f"no human decisions logged at {log_path}; append_decision(...) writes them")
@@ -632,14 +659,14 @@ def retrain(pack_dir: Path, log_path: Path | None = None, *, model_dir: Path | N
     current = None
     if (model_dir / MANIFEST_FILE).exists():
         current = load_escalation_policy(model_dir, pack, embedder=embedder)
-    cur_metrics = current.evaluate(test) if current is not None else None
+    cur_metrics = current.evaluate(test, timed=False) if current is not None else None
     try:
         candidate = LearnedEscalationPolicy(pack.escalation.limits, embedder).fit(list(by_key.values()), validation)
     except ValueError as exc:  # the logged labels leave a head untrainable: nothing to promote
-        return RetrainResult(promoted=False, reason=f"the candidate could not be trained: {exc}", model_dir=str(model_dir),
-                             candidate_metrics={}, current_metrics=cur_metrics, log_rows_used=used,
-                             log_rows_skipped_held_out=skipped)
-    cand_metrics = candidate.evaluate(test)
+        return RetrainResult(promoted=False, reason=f"the candidate could not be trained: {exc}",
+                             model_dir=str(model_dir), candidate_metrics={}, current_metrics=cur_metrics,
+                             log_rows_used=used, log_rows_skipped_held_out=skipped)
+    cand_metrics = candidate.evaluate(test, timed=False)  # latency is the encoder's; train_escalation times it
     common = dict(model_dir=str(model_dir), candidate_metrics=cand_metrics, current_metrics=cur_metrics,
                   log_rows_used=used, log_rows_skipped_held_out=skipped)
     promote, reason = should_promote(cand_metrics, cur_metrics, max_precision_drop=max_precision_drop)

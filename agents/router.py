@@ -1,4 +1,5 @@
-"""The learned router: sentence embeddings -> multinomial logistic regression -> temperature-calibrated route.
+"""The learned router: sentence embedding + learned TF-IDF features -> multinomial logistic regression ->
+temperature-calibrated route.
 
 What it decides, in order:
 
@@ -10,9 +11,9 @@ What it decides, in order:
    route is kept unless the query alone is confidently elsewhere (top probability >= ``follow_up_threshold``,
    chosen on validation, see ``FOLLOW_UP_SWITCH_SHARE``).
 
-The model is two arrays (``classifier.safetensors``: coefficients and intercepts) plus ``manifest.json``
-(routes, thresholds, temperature, data hashes, test metrics): no pickle. Train with :func:`train_router`
-(``domainroute router train``), load with :func:`load_router`.
+The model is ``classifier.safetensors`` (coefficients, intercepts, idf weights), ``lexicon.json`` (the TF-IDF
+terms) and ``manifest.json`` (routes, thresholds, temperature, data hashes, test metrics): no pickle. Train with
+:func:`train_router` (``domainroute router train``), load with :func:`load_router`.
 """
 
 from __future__ import annotations
@@ -28,11 +29,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from domainroute.agents import splits as splits_mod
 from domainroute.errors import ConfigError
 from domainroute.pack import OUT_OF_SCOPE, Pack, load_pack
 from domainroute.schemas import RouteDecision, validate_query
-
-from domainroute.agents import splits as splits_mod
 
 FORMAT = 1
 FOLLOW_UP_MAX_WORDS = 8
@@ -74,7 +74,8 @@ def ece(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
     if p.size == 0:
         return float("nan")
     idx = np.clip((p * bins).astype(int), 0, bins - 1)
-    return float(sum((idx == b).mean() * abs(p[idx == b].mean() - y[idx == b].mean()) for b in range(bins) if (idx == b).any()))
+    gaps = [(idx == b).mean() * abs(p[idx == b].mean() - y[idx == b].mean()) for b in range(bins) if (idx == b).any()]
+    return float(sum(gaps))
 
 
 def percentiles_ms(seconds: Sequence[float]) -> dict[str, float]:
@@ -100,6 +101,16 @@ def next_version(model_dir: Path) -> tuple[int, dict[str, Any] | None]:
         return 1, None
     old = json.loads(path.read_text(encoding="utf-8"))
     return int(old.get("version", 0)) + 1, old
+
+
+def latency_context() -> dict[str, Any]:
+    """What the p50/p95 in a manifest were measured under (the machine load matters as much as the model)."""
+    import os
+
+    import torch
+
+    return {"torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "load_average_1m": round(os.getloadavg()[0], 2)}
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -402,7 +413,8 @@ class EmbeddingRouter:
         return float(t), {"abstain_threshold": round(float(t), 4), "validation_accuracy": round(acc, 4),
                           "validation_oos_recall": round(rec, 4), "oos_recall_target_met": met}
 
-    def _choose_follow_up_threshold(self, queries: list[str], p: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, Any]]:
+    def _choose_follow_up_threshold(self, queries: list[str], p: np.ndarray,
+                                    y: np.ndarray) -> tuple[float, dict[str, Any]]:
         """The confidence reached by FOLLOW_UP_SWITCH_SHARE of short, correctly routed validation queries; the
         report says which share of them would leave a different previous route (they are self-contained)."""
         short = np.array([self.is_follow_up(q) for q in queries])
@@ -439,7 +451,8 @@ class EmbeddingRouter:
                 k = self.routes.index(previous_route)
                 others = (1 - PERSISTENCE_PRIOR) / max(1, len(self.routes) - 1)
                 stay = PERSISTENCE_PRIOR * float(p[k])
-                return RouteDecision(route=previous_route, confidence=min(1.0, stay / (stay + others * (1 - float(p[k])))))
+                kept = stay / (stay + others * (1 - float(p[k])))
+                return RouteDecision(route=previous_route, confidence=min(1.0, kept))
         if name != OUT_OF_SCOPE:
             bar = max(self.thresholds.abstain, self.thresholds.min_confidence.get(name, 0.0))
             if conf < bar:
@@ -447,28 +460,33 @@ class EmbeddingRouter:
         return RouteDecision(route=name, confidence=min(1.0, max(0.0, conf)))
 
     # -- evaluation -----------------------------------------------------------------------------------------
-    def evaluate(self, examples: list[dict[str, str]]) -> dict[str, Any]:
+    def evaluate(self, examples: list[dict[str, str]], *, timed: bool = True) -> dict[str, Any]:
         """Accuracy, macro-F1, per-route precision/recall, out-of-scope precision/recall, ECE and latency.
 
-        Every example goes through :meth:`route` one at a time, so the latency is the real per-query cost.
-        ECE is measured on the calibrated top-1 probability before abstaining.
+        ``timed``: every example goes through the :meth:`route` path one at a time, so p50/p95 are the real
+        per-query cost; otherwise one batch (same decisions, no latency). ECE is measured on the calibrated top-1
+        probability before abstaining.
         """
         self._require_fitted()
         if not examples:
             raise ValueError("evaluate needs at least one example")
         from sklearn.metrics import f1_score, precision_recall_fscore_support
 
-        preds, truth, times, probs = [], [], [], []
-        for e in examples:  # what route() does, keeping the probabilities for the calibration error
-            t0 = time.perf_counter()
-            text = validate_query(e["query"])
-            p_one = self._proba_fast([text])[0]
-            decision = self._decide(p_one, text, None)
-            times.append(time.perf_counter() - t0)
-            preds.append(decision.route)
-            truth.append(e["route"])
-            probs.append(p_one)
-        p = np.stack(probs)
+        texts = [validate_query(e["query"]) for e in examples]
+        truth = [e["route"] for e in examples]
+        times: list[float] = []
+        if timed:
+            probs = []
+            for text in texts:  # what route() does, keeping the probabilities for the calibration error
+                t0 = time.perf_counter()
+                p_one = self._proba_fast([text])[0]
+                self._decide(p_one, text, None)
+                times.append(time.perf_counter() - t0)
+                probs.append(p_one)
+            p = np.stack(probs)
+        else:
+            p = self._proba_fast(texts)
+        preds = [self._decide(p_one, text, None).route for p_one, text in zip(p, texts)]
         top_right = np.array([self.routes[i] for i in p.argmax(axis=1)]) == np.array(truth)
         labels = list(self.routes)
         prec, rec, f1, sup = precision_recall_fscore_support(truth, preds, labels=labels, zero_division=0)
@@ -484,7 +502,7 @@ class EmbeddingRouter:
             "out_of_scope_precision": per_route[OUT_OF_SCOPE]["precision"],
             "out_of_scope_recall": per_route[OUT_OF_SCOPE]["recall"],
             "ece": round(ece(p.max(axis=1), top_right), 4),
-            **percentiles_ms(times),
+            **(percentiles_ms(times) if timed else {}),
         }
 
     # -- persistence ----------------------------------------------------------------------------------------
@@ -506,7 +524,8 @@ class EmbeddingRouter:
                            "follow_up_max_words": FOLLOW_UP_MAX_WORDS,
                            "min_confidence": self.thresholds.min_confidence},
             "fit": self.fit_report,
-            "previous_version": {"version": old.get("version"), "test_metrics": old.get("test_metrics")} if old else None,
+            "previous_version": ({"version": old.get("version"), "test_metrics": old.get("test_metrics")}
+                                 if old else None),
             **(extra or {}),
         }
         arrays = {"coef": np.ascontiguousarray(self.coef), "intercept": np.ascontiguousarray(self.intercept)}
@@ -621,6 +640,7 @@ def train_router(pack_dir: Path, out_dir: Path | None = None, *, embedder: TextE
         },
         "train_seconds": round(train_seconds, 2),
         "test_metrics": metrics,
+        "latency_context": latency_context(),
     })
 
 
@@ -632,7 +652,8 @@ def load_router(model_dir: Path, pack: Pack, *, embedder: TextEncoder | None = N
             f"the router model in {model_dir} was trained for routes {sorted(router.routes)} but the pack declares "
             f"{sorted(pack.route_names)}; run `domainroute router train` to retrain it")
     if router.manifest.get("encoder") != router.encoder_name:
-        raise ConfigError(f"the router model in {model_dir} was trained with encoder {router.manifest.get('encoder')!r}, "
+        raise ConfigError(f"the router model in {model_dir} was trained with encoder "
+                          f"{router.manifest.get('encoder')!r}, "
                           f"not {router.encoder_name!r}; run `domainroute router train`")
     assert router.thresholds is not None
     router.thresholds = RouterThresholds(abstain=router.thresholds.abstain, follow_up=router.thresholds.follow_up,

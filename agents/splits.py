@@ -111,7 +111,8 @@ class SplitReport:
         lines = ["| label | train | validation | test | total |", "|---|---:|---:|---:|---:|"]
         for label in sorted(self.counts):
             c = self.counts[label]
-            lines.append(f"| {label} | {c.get('train', 0)} | {c.get('validation', 0)} | {c.get('test', 0)} | {sum(c.values())} |")
+            cells = " | ".join(str(c.get(s, 0)) for s in SPLITS)
+            lines.append(f"| {label} | {cells} | {sum(c.values())} |")
         t = self.totals()
         lines.append(f"| **all** | {t['train']} | {t['validation']} | {t['test']} | {sum(t.values())} |")
         return "\n".join(lines)
@@ -229,7 +230,8 @@ def splits_current(source: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Write train/validation/test splits (60/20/20 per label) beside a jsonl file.")
+    parser = argparse.ArgumentParser(
+        description="Write train/validation/test splits (60/20/20 per label) beside a jsonl file.")
     parser.add_argument("source", type=Path, help="labelled jsonl file, e.g. router/queries.jsonl")
     parser.add_argument("--label", required=True, choices=sorted(LABELS), help="what to stratify by")
     parser.add_argument("--reshuffle", action="store_true", help="ignore existing split files (moves old rows!)")

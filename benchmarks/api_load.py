@@ -84,8 +84,9 @@ def build_service(engine: str, data_dir: Path | None) -> tuple[AgentService, str
         settings = Settings(data_dir=data_dir)
         ingest(settings.kb_dir, make_retriever("lancedb", store_path=settings.store_path), progress=True)
     settings = Settings(data_dir=data_dir)
-    return AgentService(settings), f"real embedded service ({settings.llm_backend} model {settings.base_model_path.name}, "\
-                                    f"{settings.retriever_backend}, SQLite checkpoints)"
+    label = (f"real embedded service ({settings.llm_backend} model {settings.base_model_path.name}, "
+             f"{settings.retriever_backend}, SQLite checkpoints)")
+    return AgentService(settings), label
 
 
 async def converse(url: str, keys: dict[str, str], conv: Conversation, turns: int) -> None:
@@ -175,8 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         "mean service time per turn": f"{wall / max(1, len(latencies)):.2f} s (turns run one at a time per process)",
     }
     command = "python benchmarks/api_load.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    lines = ["# Claims API under load", "", f"Command: `{command.strip()}`  ", f"Machine: {platform.machine()}, "
-             f"{os.cpu_count()} CPUs, Python {platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "",
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    lines = ["# Claims API under load", "", f"Command: `{command.strip()}`  ",
+             f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; {when}", "",
              "| measure | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows.items()], "",
              "Latency is client-side, per `POST /v1/threads/{id}/messages` (JSON). Turns are serialized per process "
              "(one CPU model), so with many concurrent conversations latency is mostly queueing: p50 grows with the "

@@ -127,7 +127,8 @@ class _Retry:
     retries: int = 2
     backoff_s: float = 0.5
 
-    def delay(self, call: _Call, attempt: int, response: httpx.Response | None, error: Exception | None) -> float | None:
+    def delay(self, call: _Call, attempt: int, response: httpx.Response | None,
+              error: Exception | None) -> float | None:
         """Seconds to wait before retrying ``call``, or None to give up and surface the outcome."""
         if attempt >= self.retries:
             return None

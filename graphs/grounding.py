@@ -320,17 +320,20 @@ _STOP = frozenset(
     "not no yes have has had get got so than then just much many long does need under per after before into "
     "northwind policy insurance".split())
 _CUES: tuple[tuple[re.Pattern[str], tuple[FactKind, ...]], ...] = (
-    (re.compile(r"\bhow much\b|\bcost|\bfee\b|\bcharge|\bprice|\bdeductible|\blimit|\bmaximum|\bpay\b|\bamount|"
-                r"\bdollar|\bcap\b|\bcopay|\breimburse|\breward|\bpremium|\bworth\b|\brefund", _F), ("money",)),
-    (re.compile(r"\bhow much\b|\bpercent|\bcoinsurance|\bdiscount|\bshare\b|\brate\b|\bdepreciat|\breduc|"
+    (re.compile(r"\bhow (?:much|big)\b|\bcost|\bfee\b|\bcharge|\bprice|\bdeductible|\blimit|\bmaximum|\bminimum|"
+                r"\bpa(?:y|ys|id)\b|\bamount|\bdollar|\bcap\b|\bcopay|\breimburse|\breward|\bpremium|\bworth\b|"
+                r"\brefund|\bmost\b|\blargest|\bsmallest|\bbiggest|\bauthority", _F), ("money",)),
+    (re.compile(r"\bhow (?:much|big)\b|\bpercent|\bcoinsurance|\bdiscount|\bshare\b|\brate\b|\bdepreciat|\breduc|"
                 r"\bsurcharge", _F), ("percent",)),
-    (re.compile(r"\bhow long|\bhow many (?:days|hours|months|years|weeks|business)|\bhow soon|\bwithin\b|\bdeadline|"
-                r"\bwindow\b|\bperiod\b|\bdays?\b|\bhours?\b|\bmonths?\b", _F), ("duration",)),
-    (re.compile(r"\bwhen\b|\bdate\b|\bstart|\beffective|\bwhat time|\bhours\b|\bopen\b|\bdue\b", _F),
-     ("date", "time")),
-    (re.compile(r"\bphone|\bnumber|\bcall\b|\bline\b|\bfax\b|\bhotline", _F), ("phone",)),
-    (re.compile(r"\bform\b|\bwhich form|\bdocument\b", _F), ("form",)),
-    (re.compile(r"\baddress|\bmail\b|\bwhere\b|\bsend\b|\bwebsite|\bonline|\bemail", _F), ("address",)),
+    (re.compile(r"\bhow (?:long|soon|fast|quickly|often|old)\b|\bhow far (?:ahead|back|in advance)|\bhow many "
+                r"(?:days|hours|months|years|weeks|business|calendar)|\bwithin\b|\bdeadline|\bwindow\b|\bperiod\b|"
+                r"\bage\b", _F), ("duration",)),
+    (re.compile(r"\bwhen\b|\bdate\b|\bstart|\bbegin|\bfinish|\bend\b|\beffective|\bwhat time|\bhours\b|\bopen\b|"
+                r"\bdue\b", _F), ("date", "time")),
+    (re.compile(r"\bphone|\bnumber|\bcall\b|\bring\b|\bline\b|\bfax\b|\bhotline", _F), ("phone",)),
+    (re.compile(r"\bform\b|\bendorsement\b|\bdocument\b", _F), ("form",)),
+    (re.compile(r"\baddress|\bmail\b|\bwhere\b|\bsend\b|\bwebsite|\bonline|\bemail|\bp\.?o\.? box", _F),
+     ("address",)),
 )
 MIN_OVERLAP = 2  # content words a sentence must share with the question to count as answering it
 MAX_QUOTED = 2  # sentences an extractive answer quotes
@@ -350,6 +353,32 @@ def content_stems(text: str) -> frozenset[str]:
 def wanted_kinds(question: str) -> frozenset[FactKind]:
     """The kinds of fact a question asks for, from its wording ("how much" -> money, "how long" -> duration)."""
     return frozenset(kind for pattern, kinds in _CUES if pattern.search(question) for kind in kinds)
+
+
+_FIGURE_QUESTION = re.compile(
+    r"\bhow (?:much|big|long|many|soon|far|often|quickly|fast|old)\b|\bwhen\b|\bwhere\b|\bwhat time\b|"
+    r"\b(?:which|what) (?:\w+ )?(?:form|number|endorsement|p\.?o\.? box)\b|\bis there a (?:fee|discount|cap|charge|limit)\b|"
+    r"\b(?:by|until|up to|within|at|above|below|under|over|past|than) (?:what|how|which)\b|"
+    r"\bwhat (?:do|does|will|would)\b[^?]*\b(?:pay|get|owe|drop to)\b|\bdo i pay anything\b|"
+    r"\bwhat(?:'s| is| are| was)?\s+(?:(?:the|my|a|an|your|our)\s+)?(?:[\w'/-]+\s+){0,4}?"
+    r"(?:number|phone|fee|cost|limit|deductible|copay|percentage|rate|date|deadline|address|form|amount|maximum|"
+    r"minimum|cap|discount|premium|charge|reward|surcharge|refund|payment|authority|reduction|share|age|most|largest|"
+    r"smallest|biggest)s?\b", _F)
+KIND_NAMES: dict[str, str] = {"money": "amount", "percent": "percentage", "duration": "time limit", "date": "date",
+                              "time": "time of day", "phone": "phone number", "address": "address",
+                              "form": "form number", "coverage": "coverage name"}
+
+
+def asked_kinds(question: str) -> frozenset[FactKind]:
+    """The kinds of fact a question clearly asks for ("how much...?", "what's the number...?"); empty otherwise."""
+    return wanted_kinds(question) if _FIGURE_QUESTION.search(question) else frozenset()
+
+
+def answers(question: str, check: Check) -> bool:
+    """Whether a checked draft states a supported fact of a kind the question asks for (True if it asks none)."""
+    kinds = asked_kinds(question)
+    unsupported = set(check.unsupported)
+    return not kinds or any(f.kind in kinds and f not in unsupported for f in check.facts)
 
 
 def passage_sentences(text: str) -> list[str]:

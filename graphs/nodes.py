@@ -119,24 +119,25 @@ def make_domain_node(route: RouteConfig) -> Callable[[AgentState, Runtime[AgentC
 def ground(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     """Check the draft's facts against the passages it cites; retry once, else quote the passages, else escalate.
 
-    Nothing unsupported is shown: a draft that fails the check is moved to ``grounding.withheld`` (for the human's
-    packet) and replaced. ``checked``/``supported`` describe the model's first draft; ``removed`` counts citation
-    markers that pointed at no passage of this turn, over every draft of the turn.
+    A draft passes when every fact is supported and, if the question clearly asks for a figure ("how much...?"),
+    it states a supported fact of that kind. Nothing unsupported is shown: a draft that fails is moved to
+    ``grounding.withheld`` (for the human's packet) and replaced. ``checked``/``supported`` describe the model's
+    first draft; ``removed`` counts citation markers that pointed at no passage of this turn, over every draft.
     """
-    passages, draft = state.get("passages", []), state.get("draft", "")
+    passages, draft, query = state.get("passages", []), state.get("draft", ""), state["query"]
     first = grounding.check_answer(draft, state.get("citations", []), passages)
     record: dict[str, Any] = {"checked": first.checked, "supported": first.supported,
                               "removed": state.get("citations_removed", 0), "action": "none",
                               "unsupported": [f.text for f in first.unsupported], "withheld": [],
-                              "steps": [_step("check", first)]}
-    if first.ok:
+                              "steps": [_step("check", first, query)]}
+    if first.ok and grounding.answers(query, first):
         return {"grounding": record}
     record["withheld"].append(_withheld(draft, state.get("citations", []), first))
-    retry, dropped = _regenerate(state, runtime.context, record["unsupported"])
+    retry, dropped = _regenerate(state, runtime.context, record["unsupported"], record["steps"][0]["missing"])
     record["removed"] += dropped
     second = grounding.check_answer(retry.text, retry.citations, passages)
-    record["steps"].append(_step("regenerate", second))
-    if second.ok:
+    record["steps"].append(_step("regenerate", second, query))
+    if second.ok and grounding.answers(query, second):
         return {"grounding": {**record, "action": "regenerated"}, "draft": retry.text, "citations": retry.citations}
     record["withheld"].append(_withheld(retry.text, retry.citations, second))
     record["unsupported"] += [f.text for f in second.unsupported if f.text not in record["unsupported"]]
@@ -145,25 +146,27 @@ def ground(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
         record["steps"].append({"step": "escalate", "reason": UNGROUNDED})
         return {"grounding": {**record, "action": "escalated"}, "draft": "", "citations": []}
     text, citations = quoted
-    record["steps"].append(_step("extractive", grounding.check_answer(text, citations, passages)))
+    record["steps"].append(_step("extractive", grounding.check_answer(text, citations, passages), query))
     return {"grounding": {**record, "action": "extractive"}, "draft": text, "citations": citations}
 
 
-def _regenerate(state: AgentState, ctx: AgentContext, unsupported: list[str]):
-    """One more model call, same adapter and passages, with the unsupported facts named in the prompt."""
+def _regenerate(state: AgentState, ctx: AgentContext, unsupported: list[str], missing: list[str]):
+    """One more model call, same adapter and passages, with the unsupported facts (or the missing figure) named."""
     from domainroute.schemas import Passage
 
     shown = [Passage(**p) for p in state.get("passages", [])]
     messages = [SystemMessage(prompts.SYSTEM_PROMPT),
-                HumanMessage(prompts.regeneration_prompt(state["query"], shown, unsupported))]
+                HumanMessage(prompts.regeneration_prompt(state["query"], shown, unsupported, missing))]
     model = ctx.chat_model.bind(adapter_id=state.get("adapter"), max_new_tokens=ctx.max_new_tokens)
     cited = attach_citations(model.invoke(messages).text, state.get("passages", []))
     return cited, cited.dropped
 
 
-def _step(name: str, check: grounding.Check) -> dict[str, Any]:
+def _step(name: str, check: grounding.Check, query: str) -> dict[str, Any]:
+    missing = [] if grounding.answers(query, check) else sorted(
+        grounding.KIND_NAMES[k] for k in grounding.asked_kinds(query))
     return {"step": name, "checked": check.checked, "supported": check.supported,
-            "unsupported": [f.text for f in check.unsupported]}
+            "unsupported": [f.text for f in check.unsupported], "missing": missing}
 
 
 def _withheld(text: str, citations: list[dict[str, str]], check: grounding.Check) -> dict[str, Any]:

@@ -58,11 +58,21 @@ def user_prompt(query: str, passages: Sequence[Passage]) -> str:
     return f"Passages:\n{render_passages(passages, query)}\nQuestion: {query}"
 
 
-def regeneration_prompt(query: str, passages: Sequence[Passage], unsupported: Sequence[str]) -> str:
-    """The user prompt for the one retry after a grounding check: the same passages, the unsupported facts named."""
-    named = ", ".join(f'"{text}"' for text in unsupported)
-    note = (f"Note: the previous answer stated {named}, which the passages do not say. Use only amounts, dates, "
-            "numbers and names that appear in a passage, and cite that passage as [n].")
+def regeneration_prompt(query: str, passages: Sequence[Passage], unsupported: Sequence[str],
+                        missing: Sequence[str] = ()) -> str:
+    """The user prompt for the one retry after a grounding check: the same passages, the problems named.
+
+    ``unsupported``: facts of the draft no cited passage states; ``missing``: what the question asks for and the
+    draft did not state (e.g. "amount", "time limit").
+    """
+    problems = []
+    if unsupported:
+        named = ", ".join(f'"{text}"' for text in unsupported)
+        problems.append(f"the previous answer stated {named}, which the passages do not say")
+    if missing:
+        problems.append(f"the previous answer did not give the {' or '.join(missing)} the question asks for")
+    note = (f"Note: {'; '.join(problems)}. Use only amounts, dates, numbers and names that appear in a passage, "
+            "and cite that passage as [n].")
     if not passages:
         return f"Passages: none\n{note}\nQuestion: {query}"
     return f"Passages:\n{render_passages(passages, query)}\n{note}\nQuestion: {query}"

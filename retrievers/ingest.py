@@ -172,21 +172,31 @@ def ingest(
     embedder: Embedder | None = None,
     progress: bool = True,
 ) -> IngestReport:
-    """Parse everything first (so a bad file changes nothing), then embed and upsert document by document."""
+    """Parse everything first (so a bad file changes nothing), embed document by document, then store.
+
+    A retriever with ``upsert_documents`` (LanceDB) gets one bulk write per tenant; others one call per document.
+    """
     from tqdm import tqdm
 
     docs = [parse_document(file) for file in find_documents(path)]
     chunked = [chunk_document(doc) for doc in docs]
     embedder = embedder or default_embedder()
-    total, tenants = 0, set()
+    by_tenant: dict[str, list[list[Chunk]]] = {}
     bar = tqdm(total=sum(len(c) for c in chunked), unit="chunk", desc="ingest", disable=not progress)
+    bulk = getattr(retriever, "upsert_documents", None)
+    total = 0
     for doc, chunks in zip(docs, chunked, strict=True):
         vectors = embedder.encode([embedding_text(c) for c in chunks])
         with_vectors = [replace(c, vector=v.tolist()) for c, v in zip(chunks, vectors, strict=True)]
-        total += retriever.upsert_document(with_vectors, tenant=doc.meta.tenant)
-        tenants.add(doc.meta.tenant)
+        if bulk is None:
+            total += retriever.upsert_document(with_vectors, tenant=doc.meta.tenant)
+        else:
+            by_tenant.setdefault(doc.meta.tenant, []).append(with_vectors)
         bar.update(len(chunks))
+    for tenant, documents in by_tenant.items():
+        total += bulk(documents, tenant=tenant)
     bar.close()
+    tenants = {doc.meta.tenant for doc in docs}
     return IngestReport(documents=len(docs), chunks=total, tenants=tuple(sorted(tenants)))
 
 

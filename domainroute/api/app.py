@@ -278,7 +278,7 @@ def create_app(service: AgentService, keys: KeyStore, *, owners: ThreadOwners | 
 
     @app.get("/readyz", response_model=Readiness, tags=["health"], responses=_problems(503))
     async def readyz() -> Readiness | JSONResponse:
-        """Model, router, escalation policy, store and checkpointer are loaded (readiness); 503 with the checks if not."""
+        """Model, router, escalation policy, store and checkpointer are loaded; 503 with the checks if not."""
         if await api.readiness.ensure() and not await api.read(api.readiness.service.retriever.healthy):
             api.readiness.checks["store"] = "error: the store does not answer"
         if not api.readiness.ready:

@@ -99,7 +99,8 @@ class KeyStore:
         record = ApiKey(key_id=key_id, tenant=tenant, role=role, name=name,
                         created_at=datetime.now(UTC).isoformat(timespec="seconds"))
         with self._connect() as db:
-            db.execute("INSERT INTO api_keys (key_id, tenant, role, name, salt, hash, created_at) VALUES (?,?,?,?,?,?,?)",
+            db.execute("INSERT INTO api_keys (key_id, tenant, role, name, salt, hash, created_at) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (key_id, tenant, role, name, salt, _digest(salt, secret), record.created_at))
         return f"{PREFIX}_{key_id}_{secret}", record
 

@@ -89,8 +89,8 @@ def status_for(exc: DomainRouteError) -> int:
 
 def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     """Where and what, without echoing the (possibly large or personal) input back."""
-    return [{"loc": [str(p) for p in err.get("loc", ())], "msg": str(err.get("msg", "")), "type": str(err.get("type", ""))}
-            for err in exc.errors()]
+    return [{"loc": [str(p) for p in err.get("loc", ())], "msg": str(err.get("msg", "")),
+             "type": str(err.get("type", ""))} for err in exc.errors()]
 
 
 def install(app: FastAPI) -> None:

@@ -1,4 +1,4 @@
-"""Running the API on uvicorn: in the foreground (``domainroute serve``) or on a background thread (tests, benchmarks)."""
+"""Run the API on uvicorn: in the foreground (``domainroute serve``) or on a thread (tests, benchmarks)."""
 
 from __future__ import annotations
 

@@ -195,8 +195,8 @@ def _adapter_pack(pack, adapters_dir: Path):
     by_domain = {entry.domain: entry.adapter_id for entry in scan(adapters_dir).values()}
     if not by_domain:
         return None, []
-    routes = [r.model_copy(update={"adapter_id": by_domain.get(r.name, r.adapter_id)}) if r.kind == "domain" else r
-              for r in pack.routes]
+    routes = [r.model_copy(update={"adapter_id": by_domain.get(r.name)}) if r.kind == "domain" else r
+              for r in pack.routes]  # a route whose adapter is not trained (yet) uses the base model
     return pack.model_copy(update={"routes": routes}), sorted(by_domain.values())
 
 
@@ -209,15 +209,19 @@ def evaluate(settings, *, split: str = "test", limit: int | None = None, router:
     """
     from domainroute.service import AgentService
 
-    questions = spread(load_questions(settings.pack_dir / QUESTIONS_FILE, split), limit)
+    pool = load_questions(settings.pack_dir / QUESTIONS_FILE, split)
+    questions = spread(pool, limit)
     if not questions:
         raise InputError(f"no questions in split {split!r}")
-    service = AgentService(settings, **{"router": DatasetRouter(questions), "escalation_policy": NeverEscalate(),
-                                        **(components or {})})
+    from domainroute.pack import load_pack
+
+    pack = load_pack(settings.pack_dir)
+    base_pack = pack.model_copy(update={"routes": [r.model_copy(update={"adapter_id": None}) for r in pack.routes]})
+    adapter_pack, adapter_ids = _adapter_pack(pack, settings.adapters_dir)
+    # The service gets the base pack, so a pack.toml that names adapters not trained yet is no error here.
+    service = AgentService(settings, **{"pack": base_pack, "router": DatasetRouter(questions),
+                                        "escalation_policy": NeverEscalate(), **(components or {})})
     chosen_router = service.router if router == "dataset" else _learned_router(settings, service)
-    base_routes = [r.model_copy(update={"adapter_id": None}) for r in service.pack.routes]
-    base_pack = service.pack.model_copy(update={"routes": base_routes})
-    adapter_pack, adapter_ids = _adapter_pack(service.pack, settings.adapters_dir)
     started = time.perf_counter()
     base = run_config(service, base_pack, questions, chosen_router, label="base", progress=progress)
     rows = [_row("base model", base, shown=False)]
@@ -233,7 +237,8 @@ def evaluate(settings, *, split: str = "test", limit: int | None = None, router:
     rows.append(_row(checked_name, checked, shown=True))
     none_times = [o.ground_seconds for o in checked if o.action == "none"]
     return {
-        "split": split, "questions": len(questions), "router": router, "adapters": adapter_ids,
+        "split": split, "questions": len(questions), "split_size": len(pool), "router": router,
+        "adapters": adapter_ids,
         "base_model": str(settings.base_model_path), "seconds": round(time.perf_counter() - started, 1),
         "rows": rows,
         "actions": dict(Counter(o.action for o in checked)),
@@ -265,11 +270,18 @@ def render_markdown(report: dict[str, Any], command: str) -> str:
     def rate(value: float | None) -> str:
         return "—" if value is None else f"{100 * value:.1f} %"
 
+    def ms(value: float | None) -> str:
+        return "n/a (no such question)" if value is None else f"{value} ms"
+
+    subset = "" if report["questions"] == report["split_size"] else \
+        f" (an evenly spread subset of the split's {report['split_size']})"
+    adapters = ", ".join(f"`{a}`" for a in report["adapters"]) or "none"
     lines = [
         "# Grounded answers: evaluation", "",
         f"Command: `{command}`  ",
-        f"Split: `{report['split']}`, {report['questions']} questions; routing: {report['router']} labels; "
-        f"base model: `{report['base_model']}`; run time {report['seconds']} s.", "",
+        f"Split: `{report['split']}`, {report['questions']} questions{subset}; routing: {report['router']} "
+        f"labels; base model: `{report['base_model']}`; domain adapters found: {adapters} (routes without one use "
+        f"the base model); run time {report['seconds']} s.", "",
         "| configuration | hallucination rate (any unsupported fact shown) | correct (expected figure present and "
         "cited) | escalated |",
         "|---|---|---|---|",
@@ -282,13 +294,13 @@ def render_markdown(report: dict[str, Any], command: str) -> str:
                          f"{rate(row['escalated_rate'])} |")
     lat = report["latency_ms"]
     lines += [
-        "", f"Grounding actions: {json.dumps(report['actions'])}. A gold chunk was among the retrieved passages for "
-        f"{rate(report['retrieval_hit_rate'])} of the questions (the ceiling for 'correct'). Facts per first draft: "
-        f"{report['facts_per_first_draft']:.2f}.", "",
-        f"Added latency of the check (pure function on the first draft, no cached passage facts): p50 {lat['check_p50']} ms, p95 "
-        f"{lat['check_p95']} ms. Whole `ground` node when no regeneration was needed: p50 "
-        f"{lat['ground_node_p50_no_regeneration']} ms; over all questions (including regenerations): p50 "
-        f"{lat['ground_node_p50_all']} ms.", "",
+        "", f"Grounding actions: {json.dumps(report['actions'])}. A listed supporting chunk was among the retrieved "
+        f"passages for {rate(report['retrieval_hit_rate'])} of the questions (the knowledge base restates many "
+        f"figures, so 'correct' can exceed this). Facts per first draft: {report['facts_per_first_draft']:.2f}.", "",
+        f"Added latency of the check (pure function on the first draft, no cached passage facts): p50 "
+        f"{ms(lat['check_p50'])}, p95 {ms(lat['check_p95'])}. Whole `ground` node when no regeneration was needed: "
+        f"p50 {ms(lat['ground_node_p50_no_regeneration'])}; over all questions (including regenerations, i.e. one "
+        f"more generation): p50 {ms(lat['ground_node_p50_all'])}.", "",
         "Rows without the check are scored on the model's first draft of the same turn (generation is greedy, so it "
         "is what the graph without the `ground` node shows). Definitions: `domainroute/commands/grounding.py`; data: "
         "`domainroute/packs/insurance/grounding/` (see its DATASET_CARD.md).",

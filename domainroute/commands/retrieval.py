@@ -8,6 +8,7 @@ reads as its default.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -47,7 +48,8 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--report", type=Path, help="also write the results as Markdown to this file")
     p.add_argument("--reranker", default=DEFAULT_RERANKER,
                    help="cross-encoder (Hugging Face id or local folder) to re-rank the hybrid top "
-                        f"{RERANK_POOL}; reported as 'not available' unless it loads offline (default {DEFAULT_RERANKER})")
+                        f"{RERANK_POOL}; reported as 'not available' unless it loads offline "
+                        f"(default {DEFAULT_RERANKER})")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
 
 
@@ -96,12 +98,15 @@ def evaluate_pack(settings: Any, items: Sequence[Any], *, eval_path: Path, split
 
         retriever = make_retriever(settings.retriever_backend, store_path=settings.store_path,
                                    weaviate_url=settings.weaviate_url, embedder=embedder)
-        if retriever.count(tenant=items[0].tenant) == 0:
-            raise ConfigError(f"the configured {settings.retriever_backend} store has no chunks for tenant "
-                              f"{items[0].tenant!r}; run `domainroute ingest` first or use --store temp")
-        result = _evaluate(retriever, items, chunks, split=split, reranker=reranker)
-    import hashlib
-
+        try:
+            if retriever.count(tenant=items[0].tenant) == 0:
+                raise ConfigError(f"the configured {settings.retriever_backend} store has no chunks for tenant "
+                                  f"{items[0].tenant!r}; run `domainroute ingest` first or use --store temp")
+            result = _evaluate(retriever, items, chunks, split=split, reranker=reranker)
+        finally:
+            close = getattr(retriever, "close", None)
+            if close is not None:
+                close()
     result.update(
         store="temporary LanceDB" if store == "temp" else settings.retriever_backend,
         eval_set=str(eval_path),

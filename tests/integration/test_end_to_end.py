@@ -83,12 +83,12 @@ def test_paused_thread_survives_sigkill(data_dir):
         "time.sleep(600)\n"
     )
     env = {**os.environ, "DOMAINROUTE_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=env)
-    try:
-        line = proc.stdout.readline().decode().split()
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=env) as proc:
+        try:
+            line = proc.stdout.readline().decode().split()
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
     thread_id, status = line
     assert status == "awaiting_human" and proc.returncode == -signal.SIGKILL
     resumed = run_cli(["resume", thread_id, "--decision", "approve", "--json"], data_dir)

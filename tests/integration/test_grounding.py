@@ -21,11 +21,21 @@ QUERY = "How much a day does rental reimbursement cover now?"
 ROUTER = KeywordRouter({"rental": "auto", "roof": "home"})
 
 
+def _base_pack():
+    """The bundled routes on the base model (these tests are about grounding, not adapters)."""
+    from domainroute.pack import load_pack
+    from domainroute.settings import BUNDLED_PACK
+
+    pack = load_pack(BUNDLED_PACK)
+    return pack.model_copy(update={"routes": [r.model_copy(update={"adapter_id": None}) for r in pack.routes]})
+
+
 def _service(data_dir, replies, **extra):
     from domainroute.service import AgentService
 
     model = ScriptedChatModel(replies=replies, calls=[]) if replies is not None else None
-    components = {"router": ROUTER, "escalation_policy": WordPolicy({"lawyer": "legal"}), "adapters": {}, **extra}
+    components = {"pack": _base_pack(), "router": ROUTER, "escalation_policy": WordPolicy({"lawyer": "legal"}),
+                  "adapters": {}, **extra}
     if model is not None:
         components["chat_model"] = model
     return AgentService(Settings(data_dir=data_dir), **components), model

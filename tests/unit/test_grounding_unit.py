@@ -238,6 +238,29 @@ def test_wanted_kinds_from_the_question():
     assert "form" in wanted_kinds("Which form do I use?")
 
 
+@pytest.mark.parametrize(
+    ("question", "kinds"),
+    [("How much is the late fee?", {"money", "percent"}), ("How long do I have to send receipts?", {"duration"}),
+     ("What's the Glass Line's number?", {"phone"}), ("Which form do I sign?", {"form"}),
+     ("Where do I mail my check?", {"address"}), ("Is hail damage to my roof covered?", set()),
+     ("How do I set up AutoPay?", set()), ("What does my EOB mean?", set())],
+)
+def test_asked_kinds_only_for_questions_that_ask_for_a_figure(question, kinds):
+    from domainroute.graphs.grounding import asked_kinds
+
+    assert kinds <= set(asked_kinds(question)) and (kinds or not asked_kinds(question))
+
+
+def test_answers_needs_a_supported_fact_of_the_asked_kind():
+    from domainroute.graphs.grounding import answers
+
+    q = "How much does rental pay per day?"
+    assert answers(q, check_answer("It pays $50 per day [1].", [_c(RENTAL)], [RENTAL]))
+    assert not answers(q, check_answer("Rental is covered [1].", [_c(RENTAL)], [RENTAL]))
+    assert not answers(q, check_answer("Send NW-A20 within sixty days [1].", [_c(RENTAL)], [RENTAL]))
+    assert answers("Is rental covered?", check_answer("Rental is covered [1].", [_c(RENTAL)], [RENTAL]))
+
+
 def test_best_sentence_answers_the_question():
     quotes = best_sentences("How much does rental reimbursement pay per day?", [GLASS, RENTAL])
     assert quotes and "$50 per day" in quotes[0].sentence and quotes[0].passage == 1
@@ -268,7 +291,9 @@ def test_no_extractive_answer_when_no_passage_answers():
 # ---- the ground node on the graph -------------------------------------------------------------------------
 @pytest.fixture()
 def pack():
-    return load_pack(BUNDLED_PACK)
+    """The bundled routes on the base model: these tests are about grounding, not adapters."""
+    bundled = load_pack(BUNDLED_PACK)
+    return bundled.model_copy(update={"routes": [r.model_copy(update={"adapter_id": None}) for r in bundled.routes]})
 
 
 def _graph(pack, replies, passages):
@@ -305,6 +330,23 @@ def test_regenerated_when_the_retry_is_supported(pack):
     assert g["unsupported"] == ["$40"] and values["answer"] == "Rental pays $50 per day [1]."
     assert '"$40"' in model.calls[1]["prompt"] and "$40" not in values["answer"]
     assert [s["step"] for s in g["steps"]] == ["check", "regenerate"]
+
+
+def test_a_draft_without_the_asked_figure_is_retried_and_then_quoted(pack):
+    graph, ctx, model = _graph(pack, ["Rental reimbursement is available [1].", "It is a good endorsement [1]."],
+                               [RENTAL_P])
+    values = _run(graph, ctx, "how much does rental reimbursement pay per day?").values
+    g = values["grounding"]
+    assert (g["action"], g["checked"], g["supported"], g["unsupported"]) == ("extractive", 0, 0, [])
+    assert g["steps"][0]["missing"] == ["amount", "percentage"]
+    assert "did not give the amount or percentage" in model.calls[1]["prompt"]
+    assert "$50 per day" in values["answer"]
+
+
+def test_a_draft_without_figures_is_fine_when_none_is_asked(pack):
+    graph, ctx, model = _graph(pack, ["Yes, rental reimbursement covers a substitute car [1]."], [RENTAL_P])
+    values = _run(graph, ctx, "is a rental car covered?").values
+    assert values["grounding"]["action"] == "none" and len(model.calls) == 1
 
 
 def test_extractive_when_the_retry_is_still_wrong(pack):
@@ -402,7 +444,7 @@ def test_run_config_scores_first_drafts_and_shown_answers(pack, tmp_path):
     questions = [Question("how much does rental reimbursement pay per day?", "$50", ("auto-rental@v2#000",), "auto",
                           "test")]
     model = ScriptedChatModel(replies=["It pays $40 per day [1].", "It pays $45 per day [1]."], calls=[])
-    service = AgentService(Settings(data_dir=tmp_path), chat_model=model, retriever=ListRetriever([RENTAL_P]),
+    service = AgentService(Settings(data_dir=tmp_path), pack=pack, chat_model=model, retriever=ListRetriever([RENTAL_P]),
                            router=DatasetRouter(questions), escalation_policy=NeverEscalate(), adapters={})
     outcomes = run_config(service, pack, questions, service.router, label="t", progress=False)
     assert outcomes[0].action == "extractive" and outcomes[0].draft == "It pays $40 per day [1]."

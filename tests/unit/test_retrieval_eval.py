@@ -54,8 +54,9 @@ def test_the_bundled_question_set_is_valid_against_the_knowledge_base(chunks) ->
     dated = [item for item in items if item.as_of is not None]
     assert len(dated) >= 10
     # version-sensitive questions point at old versions for old dates and at new versions for recent ones
-    versions = {by_id[c].version for item in dated for c in item.relevant if by_id[c].doc_id in {
-        "auto-rental-reimbursement", "home-windstorm-hail", "health-prior-authorization", "home-claims-procedure-manual"}}
+    versioned = {"auto-rental-reimbursement", "home-windstorm-hail", "health-prior-authorization",
+                 "home-claims-procedure-manual"}
+    versions = {by_id[c].version for item in dated for c in item.relevant if by_id[c].doc_id in versioned}
     assert versions == {1, 2}
 
 
@@ -132,7 +133,8 @@ class AlphaRetriever:
 
 
 def test_choose_alpha_uses_recall_then_mrr_then_nearest_half() -> None:
-    items = [EvalItem(question="a question", relevant=("good",), tenant="t", as_of=date(2025, 3, 1), split="validation")]
+    items = [EvalItem(question="a question", relevant=("good",), tenant="t", as_of=date(2025, 3, 1),
+                      split="validation")]
     retriever = AlphaRetriever()
     choice = choose_alpha(retriever, items)
     assert set(choice.grid) == set(ALPHA_GRID)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,8 @@ ROUTES = ["auto", "home", "health", "billing", "out_of_scope"]
 VOCAB = {
     "auto": ["car", "windshield", "collision", "towing", "bumper", "vehicle", "tow", "rental", "driver", "crash"],
     "home": ["roof", "kitchen", "basement", "pipe", "flood", "house", "mold", "attic", "fire", "apartment"],
-    "health": ["doctor", "prescription", "hospital", "clinic", "surgery", "therapy", "referral", "eob", "mri", "pharmacy"],
+    "health": ["doctor", "prescription", "hospital", "clinic", "surgery", "therapy", "referral", "eob", "mri",
+               "pharmacy"],
     "billing": ["premium", "invoice", "autopay", "refund", "payment", "fee", "charged", "bill", "installment", "card"],
     "out_of_scope": ["weather", "recipe", "pasta", "python", "football", "poem", "joke", "movie", "guitar", "holiday"],
 }
@@ -107,8 +109,7 @@ def test_pack_min_confidence_is_respected(fitted: EmbeddingRouter) -> None:
     strict = EmbeddingRouter(FakeEmbedder())
     strict.__dict__.update(fitted.__dict__)
     assert fitted.thresholds is not None
-    strict.thresholds = type(fitted.thresholds)(abstain=fitted.thresholds.abstain, follow_up=fitted.thresholds.follow_up,
-                                                min_confidence={**fitted.thresholds.min_confidence, "auto": 1.0})
+    strict.thresholds = replace(fitted.thresholds, min_confidence={**fitted.thresholds.min_confidence, "auto": 1.0})
     assert fitted.route("windshield towing car").route == "auto"
     assert strict.route("windshield towing car").route == "out_of_scope"
 
