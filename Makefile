@@ -11,7 +11,7 @@ $(BIN)/domainroute: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0          # the CPU wheel; any other spec pulls GBs of CUDA
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,weaviate,bench,slack]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,weaviate,bench,slack,api,studio]'
 	touch $@
 
 install: $(BIN)/domainroute

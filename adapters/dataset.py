@@ -113,7 +113,8 @@ def _clip(sentence: str) -> str:
 
 
 def best_sentence(passages: Sequence[Passage], query: str, *, want: str = "") -> tuple[int, str]:
-    """(passage number, sentence) with the most query words; ``want``='money'|'time' prefers such sentences."""
+    """(passage number, sentence) with the most query words; ``want`` ('money', 'time', 'money_or_time') keeps
+    only sentences that state such a figure ((0, "") when there is none)."""
     wanted = content_words(query)
     candidates = []
     for n, passage in enumerate(passages, start=1):
@@ -122,6 +123,8 @@ def best_sentence(passages: Sequence[Passage], query: str, *, want: str = "") ->
             if want == "money" and not money_in(sent):
                 continue
             if want == "time" and not has_time_expression(sent):
+                continue
+            if want == "money_or_time" and not (money_in(sent) or has_time_expression(sent)):
                 continue
             overlap = len(content_words(sent) & wanted)
             candidates.append(("|" in full, -overlap, len(full.split()) > MAX_SENTENCE_WORDS, n, i, sent))
@@ -271,26 +274,16 @@ def _health(query: str, passages: Sequence[Passage], rng: random.Random) -> str:
 
 
 def _billing(query: str, passages: Sequence[Passage], rng: random.Random) -> str:
-    n, sent = best_sentence(passages, query)
-    if money_in(sent):
-        amount_n, amount = n, money_in(sent)[0]
-    else:
-        amount_n, money_sent = best_sentence(passages, query, want="money")
-        amount = money_in(money_sent)[0] if money_sent else ""
-    if not has_time_expression(sent):
-        time_n, time_sent = best_sentence(passages, query, want="time")
-        if time_sent:
-            n, sent = time_n, time_sent
+    # The date/period sentence comes first and the Amount line repeats the amount *from that line*: a small model
+    # copies from its own previous line far more reliably than it finds a figure elsewhere in the prompt.
+    n, sent = best_sentence(passages, query, want="money_or_time")
+    if not sent:
+        n, sent = best_sentence(passages, query)
     label = "Due date" if re.search(r"\bdue\b", sent, re.I) else "Timeline"
-    if amount:
-        amount_line = f"Amount: {amount} [{amount_n}]"
-        cited = sorted({amount_n, n})
-    else:
-        amount_line = "Amount: " + rng.choice(["no amount is stated in these passages.",
-                                                "the passages do not state an amount."])
-        cited = [n]
-    sources = ", ".join(f"[{c}]" for c in cited)
-    return f"{amount_line}\n{label}: {sent} [{n}]\nSources: {sources}"
+    money = money_in(sent)
+    amount = f"{money[0]} [{n}]" if money else rng.choice(["none is stated in this passage.",
+                                                          "this passage states no amount."])
+    return f"{label}: {sent} [{n}]\nAmount: {amount}\nSources: [{n}]"
 
 
 _BUILDERS = {"auto": _auto, "home": _home, "health": _health, "billing": _billing}

@@ -639,10 +639,10 @@ def retrain(pack_dir: Path, log_path: Path | None = None, *, model_dir: Path | N
     pack = load_pack(pack_dir)
     log_path = Path(log_path) if log_path is not None else pack_dir / DEFAULT_LOG
     model_dir = Path(model_dir) if model_dir is not None else pack_dir / "escalation" / "model"
-    paths = escalation_data_paths(pack_dir)  # the splits as they are: retraining never re-splits
-    train, validation, test = (load_split(pack_dir, s) for s in splits_mod.SPLITS)
     if not log_path.exists():
         raise ConfigError(f"no human decisions logged at {log_path}; append_decision(...) writes them")
+    paths = escalation_data_paths(pack_dir)  # the splits as they are: retraining never re-splits
+    train, validation, test = (load_split(pack_dir, s) for s in splits_mod.SPLITS)
     logged = splits_mod.read_jsonl(log_path)
     held_out = {splits_mod.row_key(r) for r in validation + test}
     by_key = {splits_mod.row_key(r): r for r in train}

@@ -19,7 +19,7 @@ from domainroute.errors import ConfigError, UnknownAdapterError
 from domainroute.graphs.prompts import SYSTEM_PROMPT, user_prompt
 from domainroute.settings import Settings
 
-from .conftest import run_cli
+from tests.integration.conftest import run_cli
 
 pytestmark = pytest.mark.integration
 IDS = [f"insurance-{d}" for d in DOMAINS]

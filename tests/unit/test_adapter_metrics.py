@@ -98,7 +98,7 @@ def test_reference_answers_copy_facts_from_the_cited_passage():
     passages = _passages("AutoPay is free and has no fee.",
                          "Northwind charges a late fee of $20. The late fee is charged on day 16 after the due date.")
     answer = reference_answer("billing", "how much is the late fee", passages)
-    assert answer.startswith("Amount: $20 [2]\n")
+    assert answer.startswith("Timeline: Northwind charges a late fee of $20. [2]\nAmount: $20 [2]\n")
     assert house_format("billing").compliant(answer)
     assert citation_faithful(answer, [p.text for p in passages])
 
