@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from domainroute.adapters.dataset import data_path, load_examples, passages_for
-from domainroute.adapters.templates import DOMAINS, citation_faithful, house_format, rouge_l, terminology
+from domainroute.adapters.templates import DOMAINS, citation_faithful, facts, house_format, rouge_l, terminology
 from domainroute.graphs.prompts import SYSTEM_PROMPT, user_prompt
 
 # The "wrong adapter" each domain is compared with.
@@ -38,6 +38,8 @@ class ConditionResult:
     terminology: float
     rouge_l: float
     faithfulness: float
+    states_figures: float  # share of answers that state at least one amount or date (faithfulness is vacuous without)
+    faithful_with_figures: float  # faithfulness among those answers (0.0 when there are none)
     tokens_per_s: float
     answers: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
@@ -55,6 +57,7 @@ def score(domain: str, answer: str, reference: str, passage_texts: Sequence[str]
         "terminology": terminology(answer, reference, domain),
         "rouge_l": rouge_l(answer, reference),
         "faithful": citation_faithful(answer, passage_texts),
+        "figures": bool(facts(answer)),
     }
 
 
@@ -99,10 +102,13 @@ def run_condition(
     def mean(key: str) -> float:
         return round(sum(float(a[key]) for a in answers) / n, 4) if n else 0.0
 
+    with_figures = [a for a in answers if a["figures"]]
     return ConditionResult(domain=domain, condition=condition, adapter_id=adapter_id, n=n,
                            compliance=mean("compliant"), terminology=mean("terminology"), rouge_l=mean("rouge_l"),
-                           faithfulness=mean("faithful"), tokens_per_s=round(generated / seconds, 1) if seconds else 0.0,
-                           answers=answers)
+                           faithfulness=mean("faithful"), states_figures=mean("figures"),
+                           faithful_with_figures=round(sum(a["faithful"] for a in with_figures) / len(with_figures), 4)
+                           if with_figures else 0.0,
+                           tokens_per_s=round(generated / seconds, 1) if seconds else 0.0, answers=answers)
 
 
 def _chunks(kb_dir: Path) -> dict:
@@ -131,7 +137,8 @@ def evaluate_split(
     result = run_condition(engine, domain, load_examples(data, split), _chunks(kb_dir), adapter_id=adapter_id,
                            condition="own" if adapter_id else "base", max_new_tokens=max_new_tokens,
                            progress=progress)
-    return {k: v for k, v in result.summary().items() if k in ("n", *METRICS, "tokens_per_s")}
+    return {k: v for k, v in result.summary().items()
+            if k in ("n", *METRICS, "states_figures", "faithful_with_figures", "tokens_per_s")}
 
 
 def evaluate_all(
@@ -181,9 +188,11 @@ def beats_base(results: Sequence[ConditionResult]) -> dict[str, bool]:
 
 
 def markdown_table(results: Sequence[ConditionResult]) -> str:
-    lines = ["| domain | condition | adapter | n | compliance | terminology | ROUGE-L | faithfulness | tokens/s |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| domain | condition | adapter | n | compliance | terminology | ROUGE-L | faithfulness | "
+             "states figures | faithful when stating figures | tokens/s |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         lines.append(f"| {r.domain} | {r.condition} | {r.adapter_id or 'base'} | {r.n} | {r.compliance:.2f} | "
-                     f"{r.terminology:.2f} | {r.rouge_l:.2f} | {r.faithfulness:.2f} | {r.tokens_per_s:.0f} |")
+                     f"{r.terminology:.2f} | {r.rouge_l:.2f} | {r.faithfulness:.2f} | {r.states_figures:.2f} | "
+                     f"{r.faithful_with_figures:.2f} | {r.tokens_per_s:.0f} |")
     return "\n".join(lines)

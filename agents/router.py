@@ -510,7 +510,7 @@ class EmbeddingRouter:
         """Write ``classifier.safetensors``, ``lexicon.json`` and ``manifest.json``; returns the manifest."""
         self._require_fitted()
         assert self.thresholds is not None and self.coef is not None and self.intercept is not None
-        from safetensors.numpy import save_file
+        from safetensors.numpy import save
 
         model_dir = Path(model_dir)
         model_dir.mkdir(parents=True, exist_ok=True)
@@ -535,7 +535,8 @@ class EmbeddingRouter:
             lexicon.write_text(json.dumps(self.features.vocab, ensure_ascii=False) + "\n", encoding="utf-8")
         elif lexicon.exists():
             lexicon.unlink()
-        save_file(arrays, str(model_dir / CLASSIFIER_FILE))
+        # bytes, then a plain write: safetensors' save_file creates the file owner-only (0600)
+        (model_dir / CLASSIFIER_FILE).write_bytes(save(arrays))
         (model_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         self.manifest = manifest
         return manifest

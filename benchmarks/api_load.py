@@ -182,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
              "| measure | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows.items()], "",
              "Latency is client-side, per `POST /v1/threads/{id}/messages` (JSON). Turns are serialized per process "
              "(one CPU model), so with many concurrent conversations latency is mostly queueing: p50 grows with the "
-             "number of conversations while throughput stays at 1 / service time.", ""]
+             "number of conversations while throughput stays at 1 / service time. A turn the escalation policy "
+             "pauses is resumed (`approve`) by the load test before the conversation goes on; those resume calls are "
+             "in the wall time but not in the turn count or the latencies.", ""]
     if errors:
         lines += ["First failures:", "", *[f"- {e}" for e in errors[:10]], ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)

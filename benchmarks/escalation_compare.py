@@ -10,6 +10,7 @@ Latency is per decision, one at a time, torch on ``BENCH_TORCH_THREADS`` threads
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -94,6 +95,8 @@ def main() -> int:
         m["p50_ms"] = float(np.percentile(np.asarray(seconds) * 1000, 50))
         rows.append((name, m))
     load_after = os.getloadavg()[0]
+    manifest = json.loads((BUNDLED_PACK / "escalation" / "model" / "manifest.json").read_text(encoding="utf-8"))
+    mt, ctx = manifest["test_metrics"], manifest.get("latency_context", {})
 
     head = "| system | recall | precision | text-only recall | text-only precision | " + \
            " | ".join(TEXT_TRIGGERS) + " | p50 ms |"
@@ -121,7 +124,10 @@ def main() -> int:
         "covers, where only the text decides.",
         "",
         f"Latency: one decision at a time, torch threads = {threads}, CPU, on a shared machine (load average "
-        f"{load_before:.1f} before, {load_after:.1f} after); the learned policy's time is the encoder forward pass.",
+        f"{load_before:.1f} before, {load_after:.1f} after); the learned policy's time is the encoder forward pass. "
+        f"The committed model's own measurement (`escalation/model/manifest.json`, at training): p50 "
+        f"{mt['p50_ms']:.1f} ms, p95 {mt['p95_ms']:.1f} ms with torch threads = {ctx.get('torch_threads')} at load "
+        f"average {ctx.get('load_average_1m')}; test ECE of the head probabilities {mt['ece']:.3f}.",
         "",
     ])
     OUT.parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ swing by 10x). The zero-shot row needs ``TGI_URL`` (and is skipped, saying so, w
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -207,7 +208,14 @@ def main() -> int:
                run_tfidf(train, val, test, routes),
                run_zero_shot(pack_dir, test, routes)]
     load_after = os.getloadavg()[0]
+    manifest = json.loads((pack_dir / "router" / "model" / "manifest.json").read_text(encoding="utf-8"))
+    mt, ctx = manifest["test_metrics"], manifest.get("latency_context", {})
     notes = [f"- {r.name}: {r.note}" for r in results if r.note]
+    notes.append(f"- The committed model's own measurement (`router/model/manifest.json`, at training): p50 "
+                 f"{mt['p50_ms']:.1f} ms, p95 {mt['p95_ms']:.1f} ms with torch threads = {ctx.get('torch_threads')} "
+                 f"at load average {ctx.get('load_average_1m')}; top-1 accuracy before abstaining "
+                 f"{mt['top1_accuracy_before_abstain']:.3f}, abstain threshold {manifest['thresholds']['abstain']:.3f}, "
+                 f"test ECE {mt['ece']:.3f}.")
     doc = "\n".join([
         "# Router comparison",
         "",

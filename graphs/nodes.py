@@ -124,20 +124,23 @@ def ground(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     ``grounding.withheld`` (for the human's packet) and replaced. ``checked``/``supported`` describe the model's
     first draft; ``removed`` counts citation markers that pointed at no passage of this turn, over every draft.
     """
+    if state.get("retrieval_error"):  # nothing to check; check_escalation hands the turn to a human
+        return {"grounding": {"checked": 0, "supported": 0, "removed": 0, "action": "none", "unsupported": [],
+                              "withheld": [], "steps": [{"step": "skip", "reason": "retrieval_unavailable"}]}}
     passages, draft, query = state.get("passages", []), state.get("draft", ""), state["query"]
     first = grounding.check_answer(draft, state.get("citations", []), passages)
     record: dict[str, Any] = {"checked": first.checked, "supported": first.supported,
                               "removed": state.get("citations_removed", 0), "action": "none",
                               "unsupported": [f.text for f in first.unsupported], "withheld": [],
                               "steps": [_step("check", first, query)]}
-    if first.ok and grounding.answers(query, first):
+    if _passes(draft, state.get("citations", []), passages, first, query):
         return {"grounding": record}
     record["withheld"].append(_withheld(draft, state.get("citations", []), first))
     retry, dropped = _regenerate(state, runtime.context, record["unsupported"], record["steps"][0]["missing"])
     record["removed"] += dropped
     second = grounding.check_answer(retry.text, retry.citations, passages)
     record["steps"].append(_step("regenerate", second, query))
-    if second.ok and grounding.answers(query, second):
+    if _passes(retry.text, retry.citations, passages, second, query):
         return {"grounding": {**record, "action": "regenerated"}, "draft": retry.text, "citations": retry.citations}
     record["withheld"].append(_withheld(retry.text, retry.citations, second))
     record["unsupported"] += [f.text for f in second.unsupported if f.text not in record["unsupported"]]
@@ -148,6 +151,15 @@ def ground(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     text, citations = quoted
     record["steps"].append(_step("extractive", grounding.check_answer(text, citations, passages), query))
     return {"grounding": {**record, "action": "extractive"}, "draft": text, "citations": citations}
+
+
+def _passes(text: str, citations: list[dict[str, str]], passages: list[dict[str, Any]], check: grounding.Check,
+            query: str) -> bool:
+    """Shown as written only if non-empty, every fact is supported, it answers the asked-for kind, and it cites
+    a passage whenever passages were retrieved (an empty or uncited draft has nothing to check, not nothing wrong)."""
+    if not text.strip() or (passages and not citations):
+        return False
+    return check.ok and grounding.answers(query, check)
 
 
 def _regenerate(state: AgentState, ctx: AgentContext, unsupported: list[str], missing: list[str]):

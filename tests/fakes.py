@@ -18,7 +18,7 @@ class ScriptedChatModel(BaseChatModel):
     """Replays scripted replies and records the adapter each call asked for."""
 
     replies: list[str]
-    known_adapters: list[str] = []
+    known_adapters: list[str] | None = None  # None: serve any adapter id (the graph checks ids itself)
     calls: list[dict[str, Any]] = []
 
     @property
@@ -27,7 +27,7 @@ class ScriptedChatModel(BaseChatModel):
 
     def _generate(self, messages: list[BaseMessage], stop=None, run_manager=None, *, adapter_id=None,
                   max_new_tokens=None, **kwargs) -> ChatResult:
-        if adapter_id is not None and adapter_id not in self.known_adapters:
+        if adapter_id is not None and self.known_adapters is not None and adapter_id not in self.known_adapters:
             raise UnknownAdapterError(adapter_id, self.known_adapters)
         self.calls.append({"adapter_id": adapter_id, "prompt": messages[-1].text})
         text = self.replies[min(len(self.calls) - 1, len(self.replies) - 1)]
@@ -98,3 +98,10 @@ def passage(chunk_id: str, text: str, line: str = "auto", tenant: str = "northwi
     return Passage(chunk_id=chunk_id, doc_id=doc_id, title=doc_id.replace("-", " ").title(), section="Section",
                    text=f"Section\n{text}", line=line, doc_type="policy_wording", effective_date="2025-01-01",
                    tenant=tenant)
+
+
+def served_adapters(pack) -> dict[str, "Path"]:
+    """The pack's adapter ids, as the adapter map of a service whose chat model is a fake (no weights loaded)."""
+    from pathlib import Path
+
+    return {r.adapter_id: Path(".") for r in pack.domain_routes if r.adapter_id}

@@ -224,7 +224,7 @@ def fake_service(data_dir: Path, *, replies: list[str] | None = None, chat_model
     from domainroute.pack import load_pack
     from domainroute.service import AgentService
     from domainroute.settings import BUNDLED_PACK, Settings
-    from tests.fakes import KeywordRouter, ListRetriever, ScriptedChatModel, WordPolicy, passage
+    from tests.fakes import KeywordRouter, ListRetriever, ScriptedChatModel, WordPolicy, passage, served_adapters
 
     model = chat_model or ScriptedChatModel(replies=replies or ["Chip repair is free [1].\nSources: [1]"], calls=[])
     retriever = ListRetriever([
@@ -233,7 +233,7 @@ def fake_service(data_dir: Path, *, replies: list[str] | None = None, chat_model
         passage("home-water@v1#000", "Sudden and accidental water discharge is covered.", line="home"),
     ])
     return AgentService(
-        Settings(data_dir=data_dir), pack=load_pack(BUNDLED_PACK), chat_model=model, adapters={},
+        Settings(data_dir=data_dir), pack=load_pack(BUNDLED_PACK), chat_model=model, adapters=served_adapters(load_pack(BUNDLED_PACK)),
         router=KeywordRouter({"glass": "auto", "rental": "auto", "pipe": "home", "joke": "out_of_scope"}),
         retriever=retriever, escalation_policy=WordPolicy({"lawyer": "legal"}),
     )

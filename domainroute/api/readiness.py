@@ -34,8 +34,8 @@ def check(service: AgentService) -> dict[str, str]:
     steps: dict[str, Callable[[], Any]] = {
         "pack": lambda: service.pack,
         "model": lambda: _load_model(service.chat_model),
-        "router": lambda: service.router,
-        "escalation_policy": lambda: service.escalation_policy,
+        "router": lambda: service.router.route("warm up"),  # a first call loads a lazily built encoder
+        "escalation_policy": lambda: service.escalation_policy.decide("warm up", None),
         "store": lambda: _check_store(service),
         "checkpointer": lambda: service.checkpointer,
         "graph": lambda: service.graph,

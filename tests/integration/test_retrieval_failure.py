@@ -21,7 +21,9 @@ from domainroute.retrievers.base import Chunk
 from domainroute.retrievers.lancedb_store import TABLE_PREFIX, LanceDBRetriever
 from domainroute.service import AgentService
 from domainroute.settings import Settings
-from tests.fakes import KeywordRouter, ScriptedChatModel, WordPolicy
+from domainroute.pack import load_pack
+from domainroute.settings import BUNDLED_PACK
+from tests.fakes import KeywordRouter, ScriptedChatModel, WordPolicy, served_adapters
 
 pytestmark = pytest.mark.integration
 QUESTION = "is windshield glass chip repair covered?"
@@ -59,7 +61,7 @@ def service_on(retriever: LanceDBRetriever, tmp_path: Path) -> tuple[AgentServic
         retriever=retriever,
         router=KeywordRouter({"glass": "auto"}),
         escalation_policy=WordPolicy({"lawyer": "legal"}),
-        adapters={},
+        adapters=served_adapters(load_pack(BUNDLED_PACK)),
     )
     return service, model
 

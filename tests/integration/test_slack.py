@@ -39,7 +39,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 CHANNEL = "CSUPPORT1"
 ANSWER_BLOCKS = [
     {"type": "section", "text": {"type": "mrkdwn", "text": "Chip repair is free [1]."}},
-    {"type": "context", "elements": [{"type": "mrkdwn", "text": "route: *auto* (0.90) · adapter: base model"}]},
+    {"type": "context", "elements": [{"type": "mrkdwn", "text": "route: *auto* (0.90) · adapter: `insurance-auto`"}]},
     {"type": "section", "text": {"type": "mrkdwn", "text": "*Sources*\n1. Auto Glass (`auto-glass@v1#000`)"}},
 ]
 LAWYER = "my lawyer (bob.smith@example.com) says the glass claim is wrong"
@@ -240,7 +240,7 @@ def test_approve_resumes_the_graph_posts_the_outcome_and_updates_the_packet(harn
     outcome = harness.api.posts(CHANNEL)[-1]
     assert outcome["thread_ts"] == origin_ts and outcome["text"] == "Chip repair is free [1]."
     assert outcome["blocks"][1]["elements"][0]["text"] == (
-        "route: *auto* (0.90) · adapter: base model · reviewed by <@UREVIEW1> (approved)")
+        "route: *auto* (0.90) · adapter: `insurance-auto` · reviewed by <@UREVIEW1> (approved)")
     assert outcome["blocks"][2] == ANSWER_BLOCKS[2]  # the approved draft keeps its sources
     (update,) = [c.params for c in harness.api.of("chat.update")]
     assert (update["channel"], update["ts"]) == (ESCALATION_CHANNEL, packet_ts)

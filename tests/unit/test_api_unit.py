@@ -26,9 +26,10 @@ from domainroute.api.ratelimit import RateLimit, TokenBuckets
 from domainroute.api.server import background_server
 from domainroute.errors import BackendUnavailableError, InputError, ThreadNotFoundError
 from domainroute.graphs.nodes import HumanDecision
+from domainroute.pack import load_pack
 from domainroute.schemas import MAX_QUERY_CHARS, AskResult
 from domainroute.service import AgentService
-from domainroute.settings import Settings
+from domainroute.settings import BUNDLED_PACK, Settings
 from tests.fakes import KeywordRouter, ListRetriever, ScriptedChatModel, WordPolicy, passage
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(120)]
@@ -65,7 +66,8 @@ def fake_service(data_dir: Path, *, chat_model: BaseChatModel | None = None, sto
         router=KeywordRouter({"glass": "auto", "pipe": "home", "joke": "out_of_scope"}),
         escalation_policy=WordPolicy({"lawyer": "legal"}),
         retriever=retriever,
-        adapters={},
+        # the pack's adapter ids, served by the scripted model (no weights are loaded in unit tests)
+        adapters={r.adapter_id: Path(".") for r in load_pack(BUNDLED_PACK).domain_routes if r.adapter_id},
     )
 
 
@@ -140,7 +142,8 @@ def test_sse_stream_carries_route_retrieval_tokens_citations_escalation_done(ser
     done = AskResult.model_validate(events[-1].data)
     assert "".join(e.data["text"] for e in events if e.event == "token") == done.answer
     assert [e.data["chunk_id"] for e in events if e.event == "citation"] == [c.chunk_id for c in done.citations]
-    assert events[0].data == {"route": "auto", "confidence": done.confidence, "adapter": None}
+    assert events[0].data == {"route": "auto", "confidence": done.confidence, "adapter": done.adapter}
+    assert done.adapter == "insurance-auto"
     assert [p["chunk_id"] for p in events[1].data["passages"]] == ["auto-glass@v1#000"]
     assert [int(e.id) for e in events] == list(range(1, len(events) + 1))
 

@@ -25,7 +25,9 @@ def pack():
     return load_pack(BUNDLED_PACK)
 
 
-def make(pack, replies, *, fail=False, adapters=()):
+def make(pack, replies, *, fail=False, adapters=None):
+    if adapters is None:
+        adapters = [r.adapter_id for r in pack.domain_routes if r.adapter_id]
     model = ScriptedChatModel(replies=replies, known_adapters=list(adapters), calls=[])
     retriever = ListRetriever(
         [passage("auto-glass@v1#000", "Glass chip repair has a $0 deductible under comprehensive."),
@@ -53,7 +55,7 @@ def test_domain_answer_cites_only_retrieved_passages(pack):
     assert [c["chunk_id"] for c in state["citations"]] == ["auto-glass@v1#000"]
     assert state["answer"] == "Chip repair is free [1], see also."
     assert all(p["tenant"] == "northwind" and p["line"] in ("auto", "general") for p in state["passages"])
-    assert model.calls[0]["adapter_id"] is None
+    assert model.calls[0]["adapter_id"] == pack.route("auto").adapter_id
     assert "Glass chip repair has a $0 deductible" in model.calls[0]["prompt"]
 
 
