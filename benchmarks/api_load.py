@@ -67,11 +67,13 @@ def pct(values: list[float], q: float) -> float:
 def build_service(engine: str, data_dir: Path | None) -> tuple[AgentService, str]:
     if engine == "fake":
         sys.path.insert(0, str(ROOT))
-        from tests.fakes import KeywordRouter, ListRetriever, ScriptedChatModel, WordPolicy, passage
+        from domainroute.pack import load_pack
+        from tests.fakes import KeywordRouter, ListRetriever, ScriptedChatModel, WordPolicy, passage, served_adapters
 
+        settings = Settings(data_dir=Path(tempfile.mkdtemp()))
         retriever = ListRetriever([passage("auto-glass@v1#000", "Glass chip repair has a $0 deductible."),
                                    passage("harbor-glass@v1#000", "Harbor glass repair costs $50.", tenant="harbor")])
-        service = AgentService(Settings(data_dir=Path(tempfile.mkdtemp())), adapters={}, retriever=retriever,
+        service = AgentService(settings, adapters=served_adapters(load_pack(settings.pack_dir)), retriever=retriever,
                                chat_model=ScriptedChatModel(replies=["Chip repair is free [1]."], calls=[]),
                                router=KeywordRouter({"car": "auto", "glass": "auto", "pipe": "home", "roof": "home"}),
                                escalation_policy=WordPolicy({"lawyer": "legal"}))
