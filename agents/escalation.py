@@ -51,6 +51,7 @@ from domainroute.agents.router import (
     percentiles_ms,
     sha256_file,
     sha256_files,
+    write_linear_model,
 )
 from domainroute.agents.splits import STRUCTURED_TRIGGERS, TEXT_TRIGGERS
 from domainroute.errors import ConfigError
@@ -420,8 +421,6 @@ class LearnedEscalationPolicy:
         self._require_fitted()
         assert self.coef is not None and self.intercept is not None and self.platt is not None
         assert self.thresholds is not None
-        from safetensors.numpy import save
-
         model_dir = Path(model_dir)
         model_dir.mkdir(parents=True, exist_ok=True)
         version, old = next_version(model_dir)
@@ -439,16 +438,7 @@ class LearnedEscalationPolicy:
                                  if old else None),
             **(extra or {}),
         }
-        arrays = {"coef": np.ascontiguousarray(self.coef), "intercept": np.ascontiguousarray(self.intercept)}
-        lexicon = model_dir / LEXICON_FILE
-        if self.features is not None:
-            arrays.update(self.features.arrays())
-            lexicon.write_text(json.dumps(self.features.vocab, ensure_ascii=False) + "\n", encoding="utf-8")
-        elif lexicon.exists():
-            lexicon.unlink()
-        # bytes, then a plain write: safetensors' save_file creates the file owner-only (0600)
-        (model_dir / CLASSIFIER_FILE).write_bytes(save(arrays))
-        (model_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        write_linear_model(model_dir, self.coef, self.intercept, self.features, manifest)
         self.manifest = manifest
         return manifest
 

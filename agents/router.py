@@ -510,8 +510,6 @@ class EmbeddingRouter:
         """Write ``classifier.safetensors``, ``lexicon.json`` and ``manifest.json``; returns the manifest."""
         self._require_fitted()
         assert self.thresholds is not None and self.coef is not None and self.intercept is not None
-        from safetensors.numpy import save
-
         model_dir = Path(model_dir)
         model_dir.mkdir(parents=True, exist_ok=True)
         version, old = next_version(model_dir)
@@ -528,16 +526,7 @@ class EmbeddingRouter:
                                  if old else None),
             **(extra or {}),
         }
-        arrays = {"coef": np.ascontiguousarray(self.coef), "intercept": np.ascontiguousarray(self.intercept)}
-        lexicon = model_dir / LEXICON_FILE
-        if self.features is not None:
-            arrays.update(self.features.arrays())
-            lexicon.write_text(json.dumps(self.features.vocab, ensure_ascii=False) + "\n", encoding="utf-8")
-        elif lexicon.exists():
-            lexicon.unlink()
-        # bytes, then a plain write: safetensors' save_file creates the file owner-only (0600)
-        (model_dir / CLASSIFIER_FILE).write_bytes(save(arrays))
-        (model_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        write_linear_model(model_dir, self.coef, self.intercept, self.features, manifest)
         self.manifest = manifest
         return manifest
 
@@ -574,6 +563,23 @@ class EmbeddingRouter:
 
 # ---------------------------------------------------------------------------------------------------------------
 # pack-level entry points (the CLI calls these)
+
+
+def write_linear_model(model_dir: Path, coef: np.ndarray, intercept: np.ndarray, features: "LexicalFeatures | None",
+                       manifest: dict[str, Any]) -> None:
+    """Write a linear classifier (safetensors), its learned lexicon (when it has lexical features) and manifest."""
+    from safetensors.numpy import save
+
+    arrays = {"coef": np.ascontiguousarray(coef), "intercept": np.ascontiguousarray(intercept)}
+    lexicon = model_dir / LEXICON_FILE
+    if features is not None:
+        arrays.update(features.arrays())
+        lexicon.write_text(json.dumps(features.vocab, ensure_ascii=False) + "\n", encoding="utf-8")
+    elif lexicon.exists():
+        lexicon.unlink()
+    # bytes, then a plain write: safetensors' save_file creates the file owner-only (0600)
+    (model_dir / CLASSIFIER_FILE).write_bytes(save(arrays))
+    (model_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
 
 def router_data_paths(pack_dir: Path) -> dict[str, Path]:
