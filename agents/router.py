@@ -253,7 +253,7 @@ class EmbeddingRouter:
     """
 
     def __init__(self, embedder: TextEncoder | None = None, *, lexical: bool = True, oos_recall_target: float = 0.95,
-                 c_grid: Sequence[float] = (4.0, 16.0, 64.0)):
+                 c_grid: Sequence[float] = (4.0, 8.0, 16.0, 32.0, 64.0)):
         if not 0.0 < oos_recall_target <= 1.0:
             raise ValueError(f"oos_recall_target must be in (0, 1], got {oos_recall_target}")
         if not c_grid or any(c <= 0 for c in c_grid):
@@ -348,23 +348,24 @@ class EmbeddingRouter:
         self.routes, self.features = routes, (LexicalFeatures.fit(q_tr) if self.lexical else None)
         x_tr, x_va = self._design(q_tr), self._design(q_va)
 
-        # C by validation log-loss, then one temperature on the validation logits (monotone: the thresholds chosen
-        # on the same split afterwards see the same order)
+        # per C: fit, one temperature on the validation logits (monotone, so the thresholds chosen on the same split
+        # afterwards see the same order), the abstain threshold; keep the C with the best validation accuracy after
+        # abstaining (what the router is judged on), ties to the lower validation log-loss
+        floors = {r: float((min_confidence or {}).get(r, 0.0)) for r in routes}
         best = None
         for c in self.c_grid:
             clf = fit_logreg(x_tr, y_tr, c=c)
             p = clf.predict_proba(x_va)
             loss = float(-np.mean(np.log(p[np.arange(len(y_va)), y_va] + 1e-12)))
-            if best is None or loss < best[0]:
-                best = (loss, c, clf)
+            self.coef, self.intercept = clf.coef_.astype(np.float32), clf.intercept_.astype(np.float32)
+            self.temperature = fit_temperature(linear_scores(x_va, self.coef, self.intercept), y_va)
+            p_va = self._proba(x_va)
+            abstain, abstain_report = self._choose_abstain(p_va, y_va, floors)
+            key = (bool(abstain_report["oos_recall_target_met"]), abstain_report["validation_accuracy"], -loss)
+            if best is None or key > best[0]:
+                best = (key, c, self.coef, self.intercept, self.temperature, p_va, abstain, abstain_report)
         assert best is not None
-        _, c, clf = best
-        self.coef, self.intercept = clf.coef_.astype(np.float32), clf.intercept_.astype(np.float32)
-        self.temperature = fit_temperature(linear_scores(x_va, self.coef, self.intercept), y_va)
-
-        floors = {r: float((min_confidence or {}).get(r, 0.0)) for r in routes}
-        p_va = self._proba(x_va)
-        abstain, abstain_report = self._choose_abstain(p_va, y_va, floors)
+        _, c, self.coef, self.intercept, self.temperature, p_va, abstain, abstain_report = best
         follow_up, follow_report = self._choose_follow_up_threshold(q_va, p_va, y_va)
         self.thresholds = RouterThresholds(abstain=abstain, follow_up=follow_up, min_confidence=floors)
         top = p_va.argmax(axis=1)

@@ -65,7 +65,10 @@ def row_key(row: Row) -> str:
     """Identity of a row: the normalised query, plus the claim when the row has one (escalation data)."""
     key = normalise(row["query"])
     if row.get("claim") is not None:
-        key += "\x1f" + json.dumps(row["claim"], sort_keys=True)
+        # numbers compare by value: a claim logged as {"amount": 13300.0} is the same claim as {"amount": 13300}
+        claim = {k: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+                 for k, v in row["claim"].items()}
+        key += "\x1f" + json.dumps(claim, sort_keys=True)
     return key
 
 

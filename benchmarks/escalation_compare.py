@@ -1,10 +1,14 @@
-"""Escalation comparison on the test split: the learned policy vs a keyword baseline.
+"""Escalation comparison on the test split: the learned policy vs a keyword baseline vs the base model zero-shot.
 
     .venv/bin/python benchmarks/escalation_compare.py        # writes docs/benchmarks/escalation.md
 
 The keyword baseline is the comparison, not the policy: regular expressions per text trigger (written once from the
 labelling guideline in the dataset card, not tuned on any split), the injury rule applied by line, and the same
 exact authority limits. Both systems get identical structured triggers, so the difference is the text.
+The zero-shot row asks the pack's base model (``Settings().base_model_path``, any causal LM folder) one yes/no
+question per text trigger, with the guideline's wording of that trigger in the prompt, and names the trigger when
+the answer " yes" is more likely than " no" (sequence log-likelihood, no threshold tuned on any split); the
+structured limits are applied exactly, as for the other rows.
 Latency is per decision, one at a time, torch on ``BENCH_TORCH_THREADS`` threads (default 1).
 """
 
@@ -62,6 +66,58 @@ class KeywordPolicy:
         return EscalationDecision(escalate=bool(reasons), score=1.0 if reasons else 0.0, reasons=sorted(reasons))
 
 
+ZERO_SHOT_QUESTIONS = {
+    "legal": "Does the customer mention a lawyer, attorney, law firm, a lawsuit, court, or a complaint to a regulator?",
+    "injury": "Is someone injured or killed in connection with a car or home claim?",
+    "misstatement": "Does the customer ask to misstate facts, such as changing a date or altering a receipt?",
+    "dispute": "Does the customer appeal or contest a denial, a valuation, a fault decision or another claim decision?",
+    "asks_person": "Does the customer ask for a human, an agent, a supervisor or a manager?",
+    "vulnerability": "Does the customer mention a bereavement, acute distress, self-harm, or an unsafe living situation?",
+}
+
+
+class ZeroShotBaseModelPolicy:
+    """The base model asked zero-shot, one yes/no question per text trigger, plus the exact structured limits."""
+
+    def __init__(self, model_path: Path, limits):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.limits = limits
+        self.name = Path(model_path).name
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+        self.model = AutoModelForCausalLM.from_pretrained(str(model_path)).eval()
+        self.answers = {a: self.tokenizer.encode(a, add_special_tokens=False) for a in (" yes", " no")}
+
+    def _says_yes(self, prompts: list[str]) -> list[bool]:
+        import torch
+
+        out = []
+        with torch.inference_mode():
+            for prompt in prompts:
+                scores = {}
+                for answer, ids in self.answers.items():
+                    full = torch.tensor([self.tokenizer.encode(prompt, add_special_tokens=False) + ids])
+                    logp = torch.log_softmax(self.model(full).logits[0, -len(ids) - 1:-1].float(), dim=-1)
+                    scores[answer] = float(logp[torch.arange(len(ids)), torch.tensor(ids)].sum())
+                out.append(scores[" yes"] > scores[" no"])
+        return out
+
+    def decide(self, query: str, claim):
+        from domainroute.agents.escalation import structured_triggers
+        from domainroute.schemas import Claim, EscalationDecision
+
+        claim = Claim.model_validate(claim) if isinstance(claim, dict) else claim
+        prompts = [self.tokenizer.apply_chat_template(
+            [{"role": "system", "content": "You help insurance claims handlers decide when to escalate."},
+             {"role": "user", "content": f"Customer message: {query}\nQuestion: {question} Answer yes or no."}],
+            tokenize=False, add_generation_prompt=True) for question in ZERO_SHOT_QUESTIONS.values()]
+        reasons = {t for t, yes in zip(ZERO_SHOT_QUESTIONS, self._says_yes(prompts)) if yes}
+        if claim is not None and claim.line == "health":
+            reasons.discard("injury")
+        reasons |= set(structured_triggers(claim, self.limits))
+        return EscalationDecision(escalate=bool(reasons), score=1.0 if reasons else 0.0, reasons=sorted(reasons))
+
+
 def timed(policy, rows: list[dict]) -> tuple[list, list[float]]:
     for r in rows[:5]:
         policy.decide(r["query"], r["claim"])
@@ -78,7 +134,7 @@ def main() -> int:
 
     from domainroute.agents.escalation import load_escalation_policy, load_split, score_decisions
     from domainroute.pack import load_pack
-    from domainroute.settings import BUNDLED_PACK
+    from domainroute.settings import BUNDLED_PACK, Settings
 
     threads = int(os.environ.get("BENCH_TORCH_THREADS", "1"))
     torch.set_num_threads(threads)
@@ -88,6 +144,9 @@ def main() -> int:
     systems = [("domainroute LearnedEscalationPolicy (committed model)",
                 load_escalation_policy(BUNDLED_PACK / "escalation" / "model", pack)),
                ("keyword baseline (regexes + the same limits)", KeywordPolicy(pack.escalation.limits))]
+    base_path = Settings().base_model_path
+    zero_shot = ZeroShotBaseModelPolicy(base_path, pack.escalation.limits)
+    systems.append((f"base model `{zero_shot.name}` zero-shot (6 yes/no questions + the same limits)", zero_shot))
     rows = []
     for name, policy in systems:
         decisions, seconds = timed(policy, test)
@@ -120,11 +179,13 @@ def main() -> int:
         "",
         "Per-trigger cells: share of the trigger's rows where the trigger is *named* in `reasons` (in brackets: share "
         "escalated for any reason). Structured triggers (large_loss, new_policy, frequent_claims, repeat_contact) "
-        "are applied exactly by both systems and score 1.00. \"Text-only\" counts the rows no structured trigger "
+        "are applied exactly by every system and score 1.00. \"Text-only\" counts the rows no structured trigger "
         "covers, where only the text decides.",
         "",
         f"Latency: one decision at a time, torch threads = {threads}, CPU, on a shared machine (load average "
-        f"{load_before:.1f} before, {load_after:.1f} after); the learned policy's time is the encoder forward pass. "
+        f"{load_before:.1f} before, {load_after:.1f} after); the learned policy's time is the encoder forward pass, "
+        f"the zero-shot row's is 12 forward passes "
+        f"of the base model `{zero_shot.name}` (see its manifest). "
         f"The committed model's own measurement (`escalation/model/manifest.json`, at training): p50 "
         f"{mt['p50_ms']:.1f} ms, p95 {mt['p95_ms']:.1f} ms with torch threads = {ctx.get('torch_threads')} at load "
         f"average {ctx.get('load_average_1m')}; test ECE of the head probabilities {mt['ece']:.3f}.",

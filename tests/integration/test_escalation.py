@@ -54,8 +54,6 @@ def test_targets_on_the_test_split(test_metrics: dict) -> None:
         assert test_metrics["per_trigger_recall"][trigger] == 1.0  # the limits are applied exactly
 
 
-@pytest.mark.xfail(strict=True, reason="named-reason recall is 0.875 for dispute and 0.846 for vulnerability on the "
-                   "test split (rows escalated, another reason named); see docs/benchmarks/escalation.md")
 def test_each_trigger_is_named_as_a_reason(test_metrics: dict) -> None:
     for trigger, recall in test_metrics["per_trigger_recall"].items():
         assert recall >= 0.9, trigger

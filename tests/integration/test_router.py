@@ -43,13 +43,13 @@ def test_committed_manifest_matches_the_data_and_the_model(router: EmbeddingRout
 
 def test_no_regression_on_the_test_split(test_metrics: dict) -> None:
     """Floors a little under the measured values of the committed model (see docs/benchmarks/router.md)."""
-    assert test_metrics["accuracy"] >= 0.83
-    assert test_metrics["macro_f1"] >= 0.83
+    assert test_metrics["accuracy"] >= 0.86
+    assert test_metrics["macro_f1"] >= 0.86
     assert test_metrics["out_of_scope_recall"] >= 0.92
     assert test_metrics["ece"] <= 0.1
 
 
-@pytest.mark.xfail(strict=True, reason="target not reached: the committed model measures accuracy 0.85 and "
+@pytest.mark.xfail(strict=True, reason="target not reached: the committed model measures accuracy 0.88 and "
                    "out-of-scope recall 0.949 on the test split (frozen MiniLM + linear model); see "
                    "docs/benchmarks/router.md. Remove this marker when a model reaches it.")
 def test_brief_targets_on_the_test_split(test_metrics: dict) -> None:
