@@ -85,7 +85,7 @@ class ZeroShotBaseModelPolicy:
         self.limits = limits
         self.name = Path(model_path).name
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
-        self.model = AutoModelForCausalLM.from_pretrained(str(model_path)).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype="float32").eval()  # fp16 is slow on CPU
         self.answers = {a: self.tokenizer.encode(a, add_special_tokens=False) for a in (" yes", " no")}
 
     def _says_yes(self, prompts: list[str]) -> list[bool]:
@@ -134,6 +134,7 @@ def main() -> int:
 
     from domainroute.agents.escalation import load_escalation_policy, load_split, score_decisions
     from domainroute.pack import load_pack
+    from domainroute.embeddings import default_embedder
     from domainroute.settings import BUNDLED_PACK, Settings
 
     threads = int(os.environ.get("BENCH_TORCH_THREADS", "1"))
@@ -183,7 +184,8 @@ def main() -> int:
         "covers, where only the text decides.",
         "",
         f"Latency: one decision at a time, torch threads = {threads}, CPU, on a shared machine (load average "
-        f"{load_before:.1f} before, {load_after:.1f} after); the learned policy's time is the encoder forward pass, "
+        f"{load_before:.1f} before, {load_after:.1f} after); the learned policy's time is the encoder forward pass "
+        f"(MiniLM on the `{default_embedder().backend}` backend), "
         f"the zero-shot row's is 12 forward passes "
         f"of the base model `{zero_shot.name}` (see its manifest). "
         f"The committed model's own measurement (`escalation/model/manifest.json`, at training): p50 "

@@ -189,6 +189,12 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def _encoder_backend() -> str:
+    from domainroute.embeddings import default_embedder
+
+    return default_embedder().backend
+
+
 def main() -> int:
     import torch
 
@@ -231,7 +237,10 @@ def main() -> int:
         "Notes:",
         *notes,
         f"- Latency: one query at a time, torch threads = {threads}, CPU, on a shared machine (load average "
-        f"{load_before:.1f} before, {load_after:.1f} after). The encoder forward pass dominates every embedding row.",
+        f"{load_before:.1f} before, {load_after:.1f} after). The encoder forward pass dominates every embedding row; "
+        f"domainroute's rows run MiniLM on the `{_encoder_backend()}` backend (domainroute/embeddings.py: ONNX Runtime "
+        "export of the same weights, or sentence-transformers), semantic-router on its own sentence-transformers "
+        "encoder.",
         "- semantic-router: domain routes hold the training queries as utterances; out-of-scope is \"no route\" "
         "(label None), which is how that library models it.",
         "",
