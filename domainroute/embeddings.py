@@ -180,11 +180,14 @@ class Embedder:
 
     name = ENCODER_NAME
     dim = EMBEDDING_DIM
+    backend = ""  # resolved in __init__, or on first use by a subclass that does not call it
 
     def __init__(self, backend: str | None = None):
         self.backend = resolve_backend(backend)
 
     def _onnx(self) -> _OnnxEncoder | None:
+        if not self.backend:
+            self.backend = resolve_backend()
         if self.backend != "onnx":
             return None
         try:

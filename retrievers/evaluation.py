@@ -243,7 +243,8 @@ def write_default_alpha(pack_dir: Path, choice: AlphaChoice, *, eval_path: Path)
 class MemoEmbedder(Embedder):
     """The shared encoder with a per-text cache, so every mode and alpha reuses one query vector."""
 
-    def __init__(self) -> None:
+    def __init__(self, backend: str | None = None) -> None:
+        super().__init__(backend)
         self._cache: dict[str, np.ndarray] = {}
 
     def encode(self, texts: list[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
