@@ -9,6 +9,11 @@ passages + question) and answers greedily. Each answer is scored (``adapters/tem
 - citation faithfulness: cited [n] are a non-empty subset of the given passages, and every amount and date the
   answer states appears in a cited passage;
 - tokens/s of generation.
+
+Conditions: ``base``, ``own`` (the domain's adapter, free decoding: what the adapter itself learned), ``own+copy``
+(the same adapter with copy-constrained decoding, ``agents/copy_constraint.py``: numbers only as the passages state
+them, citations to a passage that states the line's facts; what the embedded engine does in the graph) and
+``wrong`` (another domain's adapter).
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from domainroute.graphs.prompts import SYSTEM_PROMPT, user_prompt
 # The "wrong adapter" each domain is compared with.
 WRONG_ADAPTER = {"auto": "home", "home": "health", "health": "billing", "billing": "auto"}
 METRICS = ("compliance", "terminology", "rouge_l", "faithfulness")
+OWN_COPY = "own+copy"
+"""The own adapter with copy-constrained decoding (agents/copy_constraint.py), as the embedded engine answers."""
 
 
 @dataclass
@@ -72,6 +79,7 @@ def run_condition(
     batch_size: int = 8,
     max_new_tokens: int = 120,
     progress: bool = False,
+    copy_numbers: bool = False,
 ) -> ConditionResult:
     """Answer every example with ``engine`` (a LocalChatModel) and ``adapter_id``; score the answers."""
     from langchain_core.messages import HumanMessage, SystemMessage
@@ -88,8 +96,9 @@ def run_condition(
     for i in range(0, len(prepared), batch_size):
         chunk = prepared[i: i + batch_size]
         start = time.perf_counter()
+        sources = [[p.text for p in passages] for _, passages, _ in chunk] if copy_numbers else None
         texts = engine.generate_texts([p for _, _, p in chunk], adapter_ids=[adapter_id] * len(chunk),
-                                      max_new_tokens=max_new_tokens)
+                                      max_new_tokens=max_new_tokens, copy_sources=sources)
         seconds += time.perf_counter() - start
         for (example, passages, _), text in zip(chunk, texts, strict=True):
             generated += len(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -170,9 +179,11 @@ def evaluate_all(
     for domain in domains:
         examples = load_examples(data_path(data_dir, domain), split)[:limit]
         for condition, adapter_id in (("base", None), ("own", f"insurance-{domain}"),
+                                      (OWN_COPY, f"insurance-{domain}"),
                                       ("wrong", f"insurance-{WRONG_ADAPTER[domain]}")):
             results.append(run_condition(engine, domain, examples, chunks_by_id, adapter_id=adapter_id,
-                                         condition=condition, max_new_tokens=max_new_tokens, progress=progress))
+                                         condition=condition, max_new_tokens=max_new_tokens, progress=progress,
+                                         copy_numbers=condition == OWN_COPY))
     return results
 
 

@@ -56,6 +56,8 @@ class LocalChatModel(BaseChatModel):
     max_new_tokens: int = Field(160, ge=1, le=4096)
     torch_threads: int = Field(2, ge=1)
     repetition_penalty: float = Field(1.2, ge=1.0, description="1.0 = off; breaks the small model's loops (it also penalises copying)")
+    copy_numbers: bool = Field(True, description="copy-constrained decoding when a call passes copy_from=[passage "
+                                                  "texts]: every number generated must be one they state")
 
     _loaded: _Loaded | None = PrivateAttr(default=None)
     _load_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -128,13 +130,18 @@ class LocalChatModel(BaseChatModel):
         *,
         adapter_ids: Sequence[str | None],
         max_new_tokens: int | None = None,
+        copy_sources: Sequence[Sequence[str]] | None = None,
     ) -> list[str]:
         """Greedy generation for a batch of formatted prompts, each with its own adapter (or None).
 
         A batch that mixes adapters is run in one forward pass with peft's ``adapter_names``.
+        ``copy_sources``: per prompt, passage texts; every number generated must then be one they state
+        (:class:`domainroute.agents.copy_constraint.NumberCopyProcessor`).
         """
         if len(prompts) != len(adapter_ids):
             raise ValueError("prompts and adapter_ids must have the same length")
+        if copy_sources is not None and len(copy_sources) != len(prompts):
+            raise ValueError("copy_sources must have one list of passage texts per prompt")
         for adapter_id in adapter_ids:
             self.check_adapter(adapter_id)
         import torch
@@ -153,6 +160,13 @@ class LocalChatModel(BaseChatModel):
             pad_token_id=tok.pad_token_id,
             eos_token_id=tok.eos_token_id,
         )
+        if copy_sources is not None:
+            from transformers import LogitsProcessorList
+
+            from domainroute.agents.copy_constraint import NumberCopyProcessor
+
+            kwargs["logits_processor"] = LogitsProcessorList(
+                [NumberCopyProcessor(tok, copy_sources, inputs["input_ids"].shape[1])])
         with loaded.lock, torch.inference_mode():
             if not loaded.adapter_ids:
                 out = loaded.model.generate(**inputs, **kwargs)
@@ -176,6 +190,7 @@ class LocalChatModel(BaseChatModel):
         *,
         adapter_id: str | None = None,
         max_new_tokens: int | None = None,
+        copy_from: list[str] | None = None,
         **kwargs: Any,
     ) -> ChatResult:
         if kwargs:
@@ -183,7 +198,9 @@ class LocalChatModel(BaseChatModel):
         self.check_adapter(adapter_id)
         prompt = self.prompt_text(messages)
         start = time.perf_counter()
-        text = self.generate_texts([prompt], adapter_ids=[adapter_id], max_new_tokens=max_new_tokens)[0]
+        sources = [list(copy_from)] if copy_from is not None and self.copy_numbers else None
+        text = self.generate_texts([prompt], adapter_ids=[adapter_id], max_new_tokens=max_new_tokens,
+                                   copy_sources=sources)[0]
         seconds = time.perf_counter() - start
         for marker in stop or []:
             if marker in text:

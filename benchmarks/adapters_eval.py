@@ -21,7 +21,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from domainroute.adapters.evaluate import METRICS, WRONG_ADAPTER, beats_base, evaluate_all, markdown_table  # noqa: E402
+from domainroute.adapters.evaluate import (  # noqa: E402
+    METRICS, OWN_COPY, WRONG_ADAPTER, beats_base, evaluate_all, markdown_table,
+)
 from domainroute.adapters.registry import verified_adapters  # noqa: E402
 from domainroute.adapters.templates import DOMAINS  # noqa: E402
 from domainroute.settings import Settings  # noqa: E402
@@ -46,7 +48,7 @@ def main() -> int:
     own = [r for r in results if r.condition == "own"]
 
     lines = [
-        "# Domain adapters: base vs own adapter vs wrong adapter",
+        "# Domain adapters: base vs own adapter (free and copy-constrained decoding) vs wrong adapter",
         "",
         f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()} CPU, torch threads "
         f"{args.threads}, greedy decoding, max 120 new tokens, batches of 8 (one adapter per batch); "
@@ -56,7 +58,10 @@ def main() -> int:
         + (f" --limit {args.limit}" if args.limit else "") + "` (the same table: `domainroute adapters eval`).",
         "",
         "Test split of each domain's data (`domainroute/packs/insurance/adapters/data/<domain>.jsonl`, split by "
-        "query hash), the same retrieved passages for all three conditions. The wrong adapter is "
+        "query hash), the same retrieved passages for all conditions. `own+copy` is the own adapter with "
+        "copy-constrained decoding (agents/copy_constraint.py: every number as a passage writes it, each citation to "
+        "a passage stating the line's amounts and dates), which the embedded engine uses in the graph. The wrong "
+        "adapter is "
         + ", ".join(f"{d} -> insurance-{w}" for d, w in WRONG_ADAPTER.items())
         + ". Metric definitions: [docs/adapters.md](../adapters.md#evaluation).",
         "",
@@ -64,19 +69,22 @@ def main() -> int:
         "",
         "## Targets",
         "",
-        "| domain | own beats base on all four | citation faithfulness with adapter (target >= 0.95) |",
-        "|---|---|---:|",
+        "| domain | own beats base on all four | citation faithfulness with adapter (target >= 0.95) | "
+        "with adapter + copy-constrained decoding |",
+        "|---|---|---:|---:|",
     ]
-    for r in own:
-        lines.append(f"| {r.domain} | {'yes' if verdict.get(r.domain) else 'no'} | {r.faithfulness:.2f} |")
-    lines += ["", "Figures where the own adapter does not beat the base:", ""]
     by = {(r.domain, r.condition): r for r in results}
+    for r in own:
+        copy = by.get((r.domain, OWN_COPY))
+        lines.append(f"| {r.domain} | {'yes' if verdict.get(r.domain) else 'no'} | {r.faithfulness:.2f} | "
+                     f"{copy.faithfulness:.2f} |" if copy else f"| {r.domain} | - | {r.faithfulness:.2f} | - |")
+    lines += ["", "Figures where the own adapter does not beat the base:", ""]
     misses = [f"- {d}: {m} {getattr(by[(d, 'own')], m):.2f} vs base {getattr(by[(d, 'base')], m):.2f}"
               for d in DOMAINS for m in METRICS if getattr(by[(d, "own")], m) <= getattr(by[(d, "base")], m)]
     lines += misses or ["- none"]
     lines += ["", "## Sample answers (first test example of each domain)", ""]
     for domain in DOMAINS:
-        rows = {c: by[(domain, c)].answers[0] for c in ("base", "own", "wrong") if by[(domain, c)].answers}
+        rows = {c: by[(domain, c)].answers[0] for c in ("base", "own", OWN_COPY, "wrong") if by[(domain, c)].answers}
         if not rows:
             continue
         lines += [f"### {domain}: {rows['base']['query']}", ""]

@@ -106,7 +106,8 @@ def make_domain_node(route: RouteConfig) -> Callable[[AgentState, Runtime[AgentC
 
         shown = [Passage(**p) for p in passages]
         messages = [SystemMessage(prompts.SYSTEM_PROMPT), HumanMessage(prompts.user_prompt(state["query"], shown))]
-        model = ctx.chat_model.bind(adapter_id=route.adapter_id, max_new_tokens=ctx.max_new_tokens)
+        model = ctx.chat_model.bind(adapter_id=route.adapter_id, max_new_tokens=ctx.max_new_tokens,
+                                    **_copy_from(ctx, passages))
         reply = model.invoke(messages)
         cited = attach_citations(reply.text, passages)
         return {"passages": passages, "draft": cited.text, "citations": cited.citations,
@@ -162,6 +163,14 @@ def _passes(text: str, citations: list[dict[str, str]], passages: list[dict[str,
     return check.ok and grounding.answers(query, check)
 
 
+def _copy_from(ctx: AgentContext, passages: list[dict[str, Any]]) -> dict[str, Any]:
+    """``copy_from`` for chat models that constrain generated numbers to the passages' (the embedded engine);
+    other backends (TGI) do not take it, and the grounding check covers them."""
+    if passages and getattr(ctx.chat_model, "copy_numbers", False):
+        return {"copy_from": [p["text"] for p in passages]}
+    return {}
+
+
 def _regenerate(state: AgentState, ctx: AgentContext, unsupported: list[str], missing: list[str]):
     """One more model call, same adapter and passages, with the unsupported facts (or the missing figure) named."""
     from domainroute.schemas import Passage
@@ -169,7 +178,8 @@ def _regenerate(state: AgentState, ctx: AgentContext, unsupported: list[str], mi
     shown = [Passage(**p) for p in state.get("passages", [])]
     messages = [SystemMessage(prompts.SYSTEM_PROMPT),
                 HumanMessage(prompts.regeneration_prompt(state["query"], shown, unsupported, missing))]
-    model = ctx.chat_model.bind(adapter_id=state.get("adapter"), max_new_tokens=ctx.max_new_tokens)
+    model = ctx.chat_model.bind(adapter_id=state.get("adapter"), max_new_tokens=ctx.max_new_tokens,
+                                **_copy_from(ctx, state.get("passages", [])))
     cited = attach_citations(model.invoke(messages).text, state.get("passages", []))
     return cited, cited.dropped
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,9 @@ from domainroute.retrievers.fusion import relative_score_fusion
 from domainroute.schemas import Passage
 
 TABLE_PREFIX = "chunks__"
+LEG_TIMEOUT_S = 30.0
+"""A keyword leg that has not answered by then is a retrieval failure (the graph escalates), not a hang."""
+_LEGS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lancedb-keyword-leg")
 HYBRID_POOL = 20
 """Each hybrid leg fetches max(2k, HYBRID_POOL) candidates before fusion."""
 COLUMNS = [
@@ -136,8 +140,14 @@ class LanceDBRetriever:
         pool = s.k if s.mode != "hybrid" else min(max(2 * s.k, HYBRID_POOL), 100)
         with backend_errors(failure, RetrievalUnavailableError):
             where = _where(s)
+            # the two hybrid legs run at once: LanceDB searches in native code without the GIL
+            keyword_job = _LEGS.submit(self._keyword_hits, table, s.query, where, pool) \
+                if use_keyword and vector is not None else None
             vector_hits = self._vector_hits(table, vector, where, pool) if vector is not None else []
-            keyword_hits = self._keyword_hits(table, s.query, where, pool) if use_keyword else []
+            if keyword_job is not None:
+                keyword_hits = keyword_job.result(timeout=LEG_TIMEOUT_S)
+            else:
+                keyword_hits = self._keyword_hits(table, s.query, where, pool) if use_keyword else []
         if s.mode == "hybrid":
             ranked = relative_score_fusion(vector_hits, keyword_hits, alpha=s.alpha, k=s.k)
         else:

@@ -1,0 +1,136 @@
+"""Copy-constrained decoding: every number the model writes is one its passages state.
+
+A small model learns a domain's answer format quickly but not to copy the right figure (FACTS.md; the adapters
+evaluation measures it). This logits processor makes the copying mechanical: while generating, any run of digits
+the model starts must complete to a number written in that request's passages, as written there (``1,500``,
+``2026``, ``0142``). Two contexts have their own numbers: a citation ``[n]`` may only name a passage that was
+given (1..len(passages)) and, when one does, a passage that states every amount, date and duration of that line
+(``adapters/templates.facts``); a number after ``$`` must be an amount the passages state after ``$``; and a number
+at the start of a line (a numbered step, ``1.``) may also be 1-9.
+
+It constrains *which* numbers appear, not *which passage* states them or whether the sentence is right: the
+grounding node still checks every answer. Works with any tokenizer (tokens are decoded once, up front).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from functools import lru_cache
+
+import torch
+from transformers import LogitsProcessor
+
+from domainroute.adapters.templates import facts
+
+_NUMBER = re.compile(r"\d[\d,.]*\d|\d")
+_TAIL = re.compile(r"\d[\d,.]*$")
+_LEAD = re.compile(r"^[\d,.]+")
+_INNER = re.compile(r"\d[\d,.]*")
+_MONEY = re.compile(r"\$\s?(\d[\d,.]*\d|\d)")
+_MARKER = re.compile(r"\[\d*\]?")
+STEP_NUMBERS = frozenset(str(i) for i in range(1, 10))
+
+
+def passage_numbers(texts: Sequence[str]) -> frozenset[str]:
+    """Every number written in ``texts``, as written (trailing ``,``/``.`` dropped)."""
+    return frozenset(m.rstrip(",.") for text in texts for m in _NUMBER.findall(text))
+
+
+def money_numbers(texts: Sequence[str]) -> frozenset[str]:
+    """The numbers written right after a ``$`` in ``texts``."""
+    return frozenset(m.group(1).rstrip(",.") for text in texts for m in _MONEY.finditer(text))
+
+
+
+
+@lru_cache(maxsize=8)
+def _token_table(tokenizer) -> tuple[list[str], torch.Tensor, list[int]]:
+    """Decoded text of every token; a mask of tokens that can continue a number; the ids that contain a digit."""
+    size = len(tokenizer)
+    texts = [tokenizer.decode([i]) for i in range(size)]
+    cont = torch.tensor([bool(_LEAD.match(t)) for t in texts], dtype=torch.bool)
+    digit_ids = [i for i, t in enumerate(texts) if any(c.isdigit() for c in t) and not _LEAD.match(t)]
+    return texts, cont, digit_ids
+
+
+class NumberCopyProcessor(LogitsProcessor):
+    """A ``transformers`` logits processor (batch rows may have different passages).
+
+    ``sources[b]``: the passage texts of row ``b``; ``prompt_width``: the (left-padded) prompt length, so the
+    generated part of each row is ``input_ids[b, prompt_width:]``.
+    """
+
+    def __init__(self, tokenizer, sources: Sequence[Sequence[str]], prompt_width: int):
+        self.tokenizer = tokenizer
+        self.prompt_width = prompt_width
+        self.numbers = [passage_numbers(texts) for texts in sources]
+        self.money = [money_numbers(texts) for texts in sources]
+        self.per_passage = [[facts(t, supported=True) for t in texts] for texts in sources]
+        self.citations = [frozenset(str(i) for i in range(1, len(texts) + 1)) for texts in sources]
+        self.texts, self.cont, self.digit_ids = _token_table(tokenizer)
+        self.cont_ids = self.cont.nonzero().flatten().tolist()
+        self.relaxed = 0  # steps where no token satisfied the constraint (then the row is left unconstrained)
+
+    # -- what a number may be, by the text before it ----------------------------------------------------------
+    def _allowed(self, row: int, before: str) -> frozenset[str]:
+        if before.endswith("["):  # cite a passage that states every fact of this line (amounts, dates), if one does
+            stated = facts(_MARKER.sub("", before.rsplit("\n", 1)[-1]))
+            fitting = frozenset(str(i + 1) for i, known in enumerate(self.per_passage[row]) if stated <= known)
+            return fitting or self.citations[row]
+        if before == "" or before.endswith("\n"):
+            return self.numbers[row] | STEP_NUMBERS
+        if before.rstrip(" ").endswith("$"):
+            return self.money[row] or self.numbers[row]
+        return self.numbers[row]
+
+    @staticmethod
+    def _complete(number: str, allowed: frozenset[str]) -> bool:
+        return number.rstrip(",.") in allowed
+
+    @staticmethod
+    def _prefix(number: str, allowed: frozenset[str]) -> bool:
+        return number.rstrip(",.") in allowed or any(a.startswith(number) for a in allowed)
+
+    def _ok_new(self, row: int, before: str, token: str) -> bool:
+        """A token that starts fresh numbers inside it: each must fit (the last may be unfinished)."""
+        matches = list(_INNER.finditer(token))
+        for k, m in enumerate(matches):
+            allowed = self._allowed(row, before + token[: m.start()])
+            last_open = k == len(matches) - 1 and m.end() == len(token)
+            if not (self._prefix(m.group(), allowed) if last_open else self._complete(m.group(), allowed)):
+                return False
+        return True
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for row in range(input_ids.shape[0]):
+            text = self.tokenizer.decode(input_ids[row, self.prompt_width:], skip_special_tokens=True)
+            banned = torch.zeros(scores.shape[1], dtype=torch.bool)
+            tail = _TAIL.search(text)
+            if tail is not None:
+                number, before = tail.group(), text[: tail.start()]
+                allowed = self._allowed(row, before)
+                if not self._complete(number, allowed):  # the number must go on: only continuations
+                    banned[:] = True
+                    banned[self.cont_ids] = False
+                for i in self.cont_ids:
+                    token = self.texts[i]
+                    lead = _LEAD.match(token).group()
+                    rest = token[len(lead):]
+                    grown = number + lead
+                    fits = self._complete(grown, allowed) if rest else self._prefix(grown, allowed)
+                    if fits and rest and any(c.isdigit() for c in rest):
+                        fits = self._ok_new(row, before + grown, rest)
+                    banned[i] = not fits
+            else:
+                for i in self.cont_ids:  # a token starting with digits starts a number here
+                    token = self.texts[i]
+                    banned[i] = bool(re.match(r"^\d", token)) and not self._ok_new(row, text, token)
+            for i in self.digit_ids:
+                if not banned[i]:
+                    banned[i] = not self._ok_new(row, text, self.texts[i])
+            if bool(banned.all()):
+                self.relaxed += 1
+                continue
+            scores[row, banned] = float("-inf")
+        return scores
