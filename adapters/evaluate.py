@@ -12,7 +12,7 @@ passages + question) and answers greedily. Each answer is scored (``adapters/tem
 
 Conditions: ``base``, ``own`` (the domain's adapter, free decoding: what the adapter itself learned), ``own+copy``
 (the same adapter with copy-constrained decoding, ``agents/copy_constraint.py``: numbers only as the passages state
-them, citations to a passage that states the line's facts; what the embedded engine does in the graph) and
+them, citations to a passage that states the line's facts; the graph's engine with DOMAINROUTE_COPY_NUMBERS=true) and
 ``wrong`` (another domain's adapter).
 """
 
@@ -32,7 +32,7 @@ from domainroute.graphs.prompts import SYSTEM_PROMPT, user_prompt
 WRONG_ADAPTER = {"auto": "home", "home": "health", "health": "billing", "billing": "auto"}
 METRICS = ("compliance", "terminology", "rouge_l", "faithfulness")
 OWN_COPY = "own+copy"
-"""The own adapter with copy-constrained decoding (agents/copy_constraint.py), as the embedded engine answers."""
+"""The own adapter with copy-constrained decoding (agents/copy_constraint.py): the engine with copy_numbers on."""
 
 
 @dataclass

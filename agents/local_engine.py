@@ -56,8 +56,8 @@ class LocalChatModel(BaseChatModel):
     max_new_tokens: int = Field(160, ge=1, le=4096)
     torch_threads: int = Field(2, ge=1)
     repetition_penalty: float = Field(1.2, ge=1.0, description="1.0 = off; breaks the small model's loops (it also penalises copying)")
-    copy_numbers: bool = Field(True, description="copy-constrained decoding when a call passes copy_from=[passage "
-                                                  "texts]: every number generated must be one they state")
+    copy_numbers: bool = Field(False, description="copy-constrained decoding when a call passes copy_from=[passage "
+                                                   "texts]: every number generated must be one they state")
 
     _loaded: _Loaded | None = PrivateAttr(default=None)
     _load_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)

@@ -60,7 +60,8 @@ def main() -> int:
         "Test split of each domain's data (`domainroute/packs/insurance/adapters/data/<domain>.jsonl`, split by "
         "query hash), the same retrieved passages for all conditions. `own+copy` is the own adapter with "
         "copy-constrained decoding (agents/copy_constraint.py: every number as a passage writes it, each citation to "
-        "a passage stating the line's amounts and dates), which the embedded engine uses in the graph. The wrong "
+        "a passage stating the line's amounts and dates), which the embedded engine uses in the graph when "
+        "DOMAINROUTE_COPY_NUMBERS=true (off by default: see docs/adapters.md). The wrong "
         "adapter is "
         + ", ".join(f"{d} -> insurance-{w}" for d, w in WRONG_ADAPTER.items())
         + ". Metric definitions: [docs/adapters.md](../adapters.md#evaluation).",

@@ -81,7 +81,8 @@ class AgentService:
             if (self.settings.base_model_path / "config.json").exists():  # else LocalChatModel explains on load
                 check_base(scan(self.settings.adapters_dir), base_weights_sha256(self.settings.base_model_path))
         return LocalChatModel(model_path=self.settings.base_model_path, adapters=self.adapters,
-                              max_new_tokens=self.settings.max_new_tokens, torch_threads=self.settings.torch_threads)
+                              max_new_tokens=self.settings.max_new_tokens, torch_threads=self.settings.torch_threads,
+                              copy_numbers=self.settings.copy_numbers)
 
     @cached_property
     def router(self):
