@@ -44,6 +44,7 @@ from domainroute.embeddings import Embedder  # noqa: E402
 from domainroute.retrievers.base import Chunk, SearchFilters  # noqa: E402
 from domainroute.retrievers.evaluation import EVAL_NAME, MemoEmbedder, load_eval_set  # noqa: E402
 from domainroute.retrievers.ingest import embedding_text, load_chunks  # noqa: E402
+from domainroute.retrievers.lancedb_store import ANN_EF, ANN_NPROBES  # noqa: E402
 from domainroute.settings import BUNDLED_PACK, Settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -270,7 +271,7 @@ def run_lancedb(args: argparse.Namespace, docs: list[list[Chunk]], corpus: Corpu
 
     from domainroute.retrievers.lancedb_store import TABLE_PREFIX, LanceDBRetriever
 
-    retriever = LanceDBRetriever(folder, embedder=embedder)
+    retriever = LanceDBRetriever(folder, embedder=embedder, nprobes=args.nprobes, ef=args.ef)
     by_tenant: dict[str, list[list[Chunk]]] = defaultdict(list)
     for doc in docs:
         by_tenant[doc[0].tenant].append(doc)
@@ -427,6 +428,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="LanceDB ANN index(es) to build and time after the exact search (default all)")
     parser.add_argument("--queries", type=int, default=200, help="timed queries per row (default 200)")
     parser.add_argument("--k", type=int, default=4, help="passages per query (default 4, the routes' top_k)")
+    parser.add_argument("--nprobes", type=int, default=ANN_NPROBES,
+                        help=f"IVF partitions searched with a vector index (default {ANN_NPROBES}, the retriever's)")
+    parser.add_argument("--ef", type=int, default=ANN_EF,
+                        help=f"HNSW candidates with an HNSW index (default {ANN_EF}, the retriever's)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "domainroute-bench",
                         help="where sentence vectors are cached between runs")

@@ -39,6 +39,10 @@ from domainroute.retrievers.fusion import relative_score_fusion
 from domainroute.schemas import Passage
 
 TABLE_PREFIX = "chunks__"
+ANN_NPROBES = 20
+"""IVF partitions searched when a table has a vector index (LanceDB's default)."""
+ANN_EF = 30
+"""HNSW candidates considered when a table has an HNSW index (LanceDB's default is 1.5 x the limit)."""
 LEG_TIMEOUT_S = 30.0
 """A keyword leg that has not answered by then is a retrieval failure (the graph escalates), not a hang."""
 _LEGS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lancedb-keyword-leg")
@@ -60,8 +64,14 @@ def table_schema(dim: int) -> pa.Schema:
 class LanceDBRetriever:
     """Tenant-isolated hybrid retrieval on a LanceDB folder; connects and loads the embedder on first use."""
 
-    def __init__(self, path: Path, *, embedder: Embedder | None = None) -> None:
+    def __init__(self, path: Path, *, embedder: Embedder | None = None, nprobes: int = ANN_NPROBES,
+                 ef: int = ANN_EF) -> None:
+        """``nprobes`` (IVF partitions searched) and ``ef`` (HNSW candidates) apply only once a tenant's table has
+        a vector index (large tenants, see benchmarks/retrieval_scale.py); exact search ignores them."""
+        if nprobes < 1 or ef < 1:
+            raise ValueError(f"nprobes and ef must be >= 1, got {nprobes} and {ef}")
         self.path = Path(path)
+        self.nprobes, self.ef = nprobes, ef
         self._embedder = embedder
         self._connection: lancedb.DBConnection | None = None
         self._lock = threading.RLock()
@@ -211,6 +221,8 @@ class LanceDBRetriever:
         rows = (
             table.search(vector.tolist(), query_type="vector", vector_column_name="vector")
             .distance_type("cosine")
+            .nprobes(self.nprobes)
+            .ef(max(self.ef, limit))
             .where(where, prefilter=True)
             .select([*COLUMNS, "_distance"])
             .limit(limit)

@@ -101,3 +101,10 @@ def test_ingest_writes_each_tenant_in_one_bulk_call(tmp_path: Path) -> None:
     table = lancedb.connect(retriever.path).open_table(TABLE_PREFIX + "northwind").to_arrow()
     v1 = table.filter(pc.equal(table["version"], 1))
     assert v1["valid_to"].to_pylist() == [date(2026, 1, 1)]
+
+
+def test_ann_search_parameters_are_validated(tmp_path):
+    with pytest.raises(ValueError, match="nprobes and ef must be >= 1"):
+        LanceDBRetriever(tmp_path / "s", embedder=HashEmbedder(), nprobes=0)
+    retriever = LanceDBRetriever(tmp_path / "s", embedder=HashEmbedder(), nprobes=64, ef=128)
+    assert (retriever.nprobes, retriever.ef) == (64, 128)
