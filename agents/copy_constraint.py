@@ -75,9 +75,12 @@ class NumberCopyProcessor(LogitsProcessor):
     # -- what a number may be, by the text before it ----------------------------------------------------------
     def _allowed(self, row: int, before: str) -> frozenset[str]:
         if before.endswith("["):  # cite a passage that states every fact of this line (amounts, dates), if one does
-            stated = facts(_MARKER.sub("", before.rsplit("\n", 1)[-1]))
-            fitting = frozenset(str(i + 1) for i, known in enumerate(self.per_passage[row]) if stated <= known)
-            return fitting or self.citations[row]
+            line = before.rsplit("\n", 1)[-1]
+            if (row, line) not in self._cite_memo:  # asked once per candidate token: extract the line's facts once
+                stated = facts(_MARKER.sub("", line))
+                fitting = frozenset(str(i + 1) for i, known in enumerate(self.per_passage[row]) if stated <= known)
+                self._cite_memo[(row, line)] = fitting or self.citations[row]
+            return self._cite_memo[(row, line)]
         if before == "" or before.endswith("\n"):
             return self.numbers[row] | STEP_NUMBERS
         if before.rstrip(" ").endswith("$"):
@@ -103,6 +106,7 @@ class NumberCopyProcessor(LogitsProcessor):
         return True
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self._cite_memo: dict[tuple[int, str], frozenset[str]] = {}
         for row in range(input_ids.shape[0]):
             text = self.tokenizer.decode(input_ids[row, self.prompt_width:], skip_special_tokens=True)
             banned = torch.zeros(scores.shape[1], dtype=torch.bool)

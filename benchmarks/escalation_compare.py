@@ -95,8 +95,9 @@ class ZeroShotBaseModelPolicy:
         with torch.inference_mode():
             for prompt in prompts:
                 scores = {}
+                prompt_ids = self.tokenizer.encode(prompt, add_special_tokens=False)
                 for answer, ids in self.answers.items():
-                    full = torch.tensor([self.tokenizer.encode(prompt, add_special_tokens=False) + ids])
+                    full = torch.tensor([prompt_ids + ids])
                     logp = torch.log_softmax(self.model(full).logits[0, -len(ids) - 1:-1].float(), dim=-1)
                     scores[answer] = float(logp[torch.arange(len(ids)), torch.tensor(ids)].sum())
                 out.append(scores[" yes"] > scores[" no"])
