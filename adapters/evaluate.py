@@ -11,9 +11,10 @@ passages + question) and answers greedily. Each answer is scored (``adapters/tem
 - tokens/s of generation.
 
 Conditions: ``base``, ``own`` (the domain's adapter, free decoding: what the adapter itself learned), ``own+copy``
-(the same adapter with copy-constrained decoding, ``agents/copy_constraint.py``: numbers only as the passages state
-them, citations to a passage that states the line's facts; the graph's engine with DOMAINROUTE_COPY_NUMBERS=true) and
-``wrong`` (another domain's adapter).
+(the same adapter with copy-constrained decoding, ``agents/copy_constraint.py``: figures only as the passages state
+them, citations to a passage that states the line's facts; the graph's engine with DOMAINROUTE_COPY_NUMBERS=true),
+``base+copy`` (the base model with the same constraint, so the adapter is compared like with like) and ``wrong``
+(another domain's adapter).
 """
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ WRONG_ADAPTER = {"auto": "home", "home": "health", "health": "billing", "billing
 METRICS = ("compliance", "terminology", "rouge_l", "faithfulness")
 OWN_COPY = "own+copy"
 """The own adapter with copy-constrained decoding (agents/copy_constraint.py): the engine with copy_numbers on."""
+BASE_COPY = "base+copy"
+"""The base model with the same copy-constrained decoding."""
 
 
 @dataclass
 class ConditionResult:
     domain: str
-    condition: str  # base | own | wrong
+    condition: str  # base | own | own+copy | base+copy | wrong
     adapter_id: str | None
     n: int
     compliance: float
@@ -178,23 +181,24 @@ def evaluate_all(
     results = []
     for domain in domains:
         examples = load_examples(data_path(data_dir, domain), split)[:limit]
-        for condition, adapter_id in (("base", None), ("own", f"insurance-{domain}"),
+        for condition, adapter_id in (("base", None), ("own", f"insurance-{domain}"), (BASE_COPY, None),
                                       (OWN_COPY, f"insurance-{domain}"),
                                       ("wrong", f"insurance-{WRONG_ADAPTER[domain]}")):
             results.append(run_condition(engine, domain, examples, chunks_by_id, adapter_id=adapter_id,
                                          condition=condition, max_new_tokens=max_new_tokens, progress=progress,
-                                         copy_numbers=condition == OWN_COPY))
+                                         copy_numbers=condition in (OWN_COPY, BASE_COPY)))
     return results
 
 
-def beats_base(results: Sequence[ConditionResult]) -> dict[str, bool]:
-    """Per domain: does the own adapter beat the base model on all four quality figures?"""
+def beats_base(results: Sequence[ConditionResult], *, own: str = "own", base: str = "base") -> dict[str, bool]:
+    """Per domain: does the own adapter beat the base model on all four quality figures? (``own``/``base`` name
+    the two conditions compared: ``own``/``base`` with free decoding, ``own+copy``/``base+copy`` constrained.)"""
     by = {(r.domain, r.condition): r for r in results}
     out = {}
     for domain in sorted({r.domain for r in results}):
-        own, base = by.get((domain, "own")), by.get((domain, "base"))
-        if own and base:
-            out[domain] = all(getattr(own, m) > getattr(base, m) for m in METRICS)
+        mine, theirs = by.get((domain, own)), by.get((domain, base))
+        if mine and theirs:
+            out[domain] = all(getattr(mine, m) > getattr(theirs, m) for m in METRICS)
     return out
 
 

@@ -120,18 +120,25 @@ def _money(text: str) -> str:
     return "$" + value
 
 
+def fact_spans(text: str) -> list[tuple[str, int, int]]:
+    """Every amount ($, %), date and duration in ``text``: (normalised form, start, end), in the order of the
+    patterns (money, percent, date, duration). ``facts`` is the set of the normalised forms."""
+    spans = [(_money(m.group()), m.start(), m.end()) for m in _MONEY.finditer(text)]
+    spans += [(m.group().replace(" ", ""), m.start(), m.end()) for m in _PERCENT.finditer(text)]
+    spans += [(re.sub(r"(\d)(?:st|nd|rd|th)", r"\1", m.group().lower().replace(".", "")), m.start(), m.end())
+              for m in _DATE.finditer(text)]
+    spans += [(f"{m.group(1)} {m.group(2).lower()}", m.start(), m.end()) for m in _DURATION.finditer(text)]
+    return spans
+
+
 def facts(text: str, *, supported: bool = False) -> set[str]:
     """Normalised amounts ($, %), dates and durations ("15 day") stated in ``text``.
 
     With ``supported=True`` (for passages) a full date also supports the same date stated without its year.
     """
-    found = {_money(m) for m in _MONEY.findall(text)}
-    found |= {m.replace(" ", "") for m in _PERCENT.findall(text)}
-    dates = {re.sub(r"(\d)(?:st|nd|rd|th)", r"\1", m.lower().replace(".", "")) for m in _DATE.findall(text)}
-    found |= dates
+    found = {fact for fact, _, _ in fact_spans(text)}
     if supported:
-        found |= {d.split(",")[0] for d in dates}
-    found |= {f"{n} {unit.lower()}" for n, unit in _DURATION.findall(text)}
+        found |= {fact.split(",")[0] for fact in found if "," in fact}  # only full dates have a comma
     return found
 
 

@@ -3,12 +3,19 @@
 A small model learns a domain's answer format quickly but not to copy the right figure (FACTS.md; the adapters
 evaluation measures it). This logits processor makes the copying mechanical: while generating, any run of digits
 the model starts must complete to a number written in that request's passages, as written there (``1,500``,
-``2026``, ``0142``). Two contexts have their own numbers: a citation ``[n]`` may only name a passage that was
+``2026``, ``0142``). Three contexts have their own numbers: a citation ``[n]`` may only name a passage that was
 given (1..len(passages)) and, when one does, a passage that states every amount, date and duration of that line
-(``adapters/templates.facts``); a number after ``$`` must be an amount the passages state after ``$``; and a number
-at the start of a line (a numbered step, ``1.``) may also be 1-9.
+(``adapters/templates.facts``), or else the most of them; a number after ``$`` must be an amount the passages state
+after ``$``; and a number at the start of a line (a numbered step, ``1.``) may also be 1-9.
 
-It constrains *which* numbers appear, not *which passage* states them or whether the sentence is right: the
+On top of the numbers, whole facts (``adapters/templates.fact_spans``: amounts, percentages, dates, durations)
+must be ones a passage states: "30" may be a passage number, but "30 days" only if a passage says 30 days, and
+"January 1" only if a passage gives that date. A fact is checked when the token that writes or closes it is
+chosen: the highest-scoring candidates are tried in order and those that would state an unsupported fact are
+banned, which is exact for greedy decoding (what the engine does). A citation on a line that states no fact
+itself (``Sources: [``) must name a passage stating the answer's facts that no cited passage states yet.
+
+It constrains *which* figures appear, not *which passage* states them or whether the sentence is right: the
 grounding node still checks every answer. Works with any tokenizer (tokens are decoded once, up front).
 """
 
@@ -21,7 +28,7 @@ from functools import lru_cache
 import torch
 from transformers import LogitsProcessor
 
-from domainroute.adapters.templates import facts
+from domainroute.adapters.templates import cited_numbers, fact_spans, facts
 
 _NUMBER = re.compile(r"\d[\d,.]*\d|\d")
 _TAIL = re.compile(r"\d[\d,.]*$")
@@ -29,7 +36,10 @@ _LEAD = re.compile(r"^[\d,.]+")
 _INNER = re.compile(r"\d[\d,.]*")
 _MONEY = re.compile(r"\$\s?(\d[\d,.]*\d|\d)")
 _MARKER = re.compile(r"\[\d*\]?")
+_DOLLAR = re.compile(r"\$")
+_AMOUNT_START = re.compile(r"\s?\d")
 STEP_NUMBERS = frozenset(str(i) for i in range(1, 10))
+FACT_CANDIDATES = 16  # top-scoring tokens tried, in order, against the fact check at each step
 
 
 def passage_numbers(texts: Sequence[str]) -> frozenset[str]:
@@ -68,19 +78,27 @@ class NumberCopyProcessor(LogitsProcessor):
         self.money = [money_numbers(texts) for texts in sources]
         self.per_passage = [[facts(t, supported=True) for t in texts] for texts in sources]
         self.citations = [frozenset(str(i) for i in range(1, len(texts) + 1)) for texts in sources]
+        self.known_facts = [frozenset().union(*row) for row in self.per_passage]  # any passage of the row
         self.texts, self.cont, self.digit_ids = _token_table(tokenizer)
         self.cont_ids = self.cont.nonzero().flatten().tolist()
         self.relaxed = 0  # steps where no token satisfied the constraint (then the row is left unconstrained)
+        self.fact_relaxed = 0  # steps where none of the top FACT_CANDIDATES tokens passed the fact check
 
     # -- what a number may be, by the text before it ----------------------------------------------------------
     def _allowed(self, row: int, before: str) -> frozenset[str]:
-        if before.endswith("["):  # cite a passage that states every fact of this line (amounts, dates), if one does
-            line = before.rsplit("\n", 1)[-1]
-            if (row, line) not in self._cite_memo:  # asked once per candidate token: extract the line's facts once
+        if before.endswith("["):  # cite a passage stating every fact of this line (else the most of them)
+            if (row, before) not in self._cite_memo:  # asked once per candidate token: extract the facts once
+                line = before.rsplit("\n", 1)[-1]
                 stated = facts(_MARKER.sub("", line))
-                fitting = frozenset(str(i + 1) for i, known in enumerate(self.per_passage[row]) if stated <= known)
-                self._cite_memo[(row, line)] = fitting or self.citations[row]
-            return self._cite_memo[(row, line)]
+                if not stated:  # e.g. "Sources: [": the answer's facts that no cited passage states yet
+                    cited = [n for n in cited_numbers(before) if 1 <= n <= len(self.per_passage[row])]
+                    covered = set().union(*(self.per_passage[row][n - 1] for n in cited))
+                    stated = facts(_MARKER.sub("", before)) - covered
+                overlap = [len(stated & known) for known in self.per_passage[row]]
+                best = max(overlap, default=0)  # every fact if one passage states them all, else the most
+                fitting = frozenset(str(i + 1) for i, n in enumerate(overlap) if n == best and best > 0)
+                self._cite_memo[(row, before)] = fitting or self.citations[row]
+            return self._cite_memo[(row, before)]
         if before == "" or before.endswith("\n"):
             return self.numbers[row] | STEP_NUMBERS
         if before.rstrip(" ").endswith("$"):
@@ -104,6 +122,40 @@ class NumberCopyProcessor(LogitsProcessor):
             if not (self._prefix(m.group(), allowed) if last_open else self._complete(m.group(), allowed)):
                 return False
         return True
+
+    # -- whole facts -----------------------------------------------------------------------------------------
+    def _facts_fit(self, row: int, line: str, token: str) -> bool:
+        """Does appending ``token`` to ``line`` keep every fact it writes or closes one the passages state?
+
+        A fact still open at the end (``$1,5``, ``January 1``) only has to start a passage fact."""
+        text = line + token
+        known = self.known_facts[row]
+        for sign in _DOLLAR.finditer(text, max(len(line) - 1, 0)):  # "$" goes on to a passage amount or not at all
+            after = text[sign.end():]
+            if (after.strip() == "" and not any(k.startswith("$") for k in known)) or \
+                    (after.strip() != "" and not _AMOUNT_START.match(after)):
+                return False
+        for fact, start, end in fact_spans(text):
+            if end < len(line) - 1:
+                continue  # written and checked before this token
+            tail = text[end:]
+            if tail == "":  # may still grow: "$1,5" -> "$1,500", "January 1" -> "January 15"
+                fits = any(k.startswith(fact) for k in known)
+            elif tail in (",", "."):  # closed, or growing: "$20." -> "$20.50", "January 15," -> "January 15, 2027"
+                fits = fact in known or any(k.startswith(fact + tail) for k in known)
+            else:
+                fits = fact in known
+            if not fits:
+                return False
+        return True
+
+    def _guard_facts(self, row: int, text: str, row_scores: torch.FloatTensor) -> None:
+        line = text.rsplit("\n", 1)[-1]
+        for i in torch.topk(row_scores, k=min(FACT_CANDIDATES, row_scores.shape[0])).indices.tolist():
+            if not bool(torch.isfinite(row_scores[i])) or self._facts_fit(row, line, self.texts[i]):
+                return
+            row_scores[i] = float("-inf")
+        self.fact_relaxed += 1
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         self._cite_memo: dict[tuple[int, str], frozenset[str]] = {}
@@ -137,4 +189,5 @@ class NumberCopyProcessor(LogitsProcessor):
                 self.relaxed += 1
                 continue
             scores[row, banned] = float("-inf")
+            self._guard_facts(row, text, scores[row])
         return scores

@@ -86,7 +86,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from domainroute.adapters.evaluate import beats_base, evaluate_all, markdown_table
+    from domainroute.adapters.evaluate import BASE_COPY, OWN_COPY, beats_base, evaluate_all, markdown_table
     from domainroute.adapters.registry import verified_adapters
     from domainroute.adapters.templates import DOMAINS
 
@@ -98,12 +98,15 @@ def _eval(args: argparse.Namespace) -> int:
     adapters = {a: e.path for a, e in verified_adapters(settings.adapters_dir, settings.base_model_path).items()}
     results = evaluate_all(settings.base_model_path, adapters, settings.adapters_dir / "data", settings.kb_dir,
                            domains=domains, split=args.split, limit=args.limit, threads=args.threads or 1)
+    free, copy = beats_base(results), beats_base(results, own=OWN_COPY, base=BASE_COPY)
     if args.json:
-        print(json.dumps({"results": [r.summary() for r in results], "own_beats_base": beats_base(results)}))
+        print(json.dumps({"results": [r.summary() for r in results], "own_beats_base": free,
+                          "own_beats_base_copy_constrained": copy}))
     else:
         print(markdown_table(results))
-        for domain, ok in beats_base(results).items():
-            print(f"{domain}: own adapter beats base on all four quality figures: {'yes' if ok else 'no'}")
+        for domain, ok in free.items():
+            print(f"{domain}: own adapter beats base on all four quality figures: free decoding "
+                  f"{'yes' if ok else 'no'}, copy-constrained {'yes' if copy.get(domain) else 'no'}")
     return 0
 
 

@@ -123,3 +123,18 @@ def test_bundled_training_data_is_well_formed(domain):
         assert citation_faithful(row["answer"], [p.text for p in passages]), row
         assert row["answer"] == reference_answer(domain, row["query"], passages), "generator and data disagree"
     assert json.loads(path.read_text().splitlines()[0])["passages"]
+
+
+def test_beats_base_compares_the_named_conditions_and_a_tie_is_not_a_win():
+    from domainroute.adapters.evaluate import BASE_COPY, OWN_COPY, ConditionResult, beats_base
+
+    def result(condition: str, faithfulness: float, terminology: float = 0.5) -> ConditionResult:
+        return ConditionResult(domain="billing", condition=condition, adapter_id=None, n=10, compliance=0.9,
+                               terminology=terminology, rouge_l=0.3, faithfulness=faithfulness, states_figures=0.5,
+                               faithful_with_figures=0.5, tokens_per_s=100.0)
+
+    rows = [result("base", 0.8, 0.1), result("own", 0.9), result(BASE_COPY, 1.0, 0.1), result(OWN_COPY, 1.0)]
+    rows[0].compliance = rows[2].compliance = 0.0
+    rows[0].rouge_l = rows[2].rouge_l = 0.1
+    assert beats_base(rows) == {"billing": True}
+    assert beats_base(rows, own=OWN_COPY, base=BASE_COPY) == {"billing": False}  # 1.0 vs 1.0 faithfulness

@@ -58,3 +58,51 @@ def test_words_stay_free_and_new_numbers_must_start_a_passage_number(tokenizer):
     after_space = allowed_after(tokenizer, "You have ")
     assert "3" in after_space or "30" in after_space
     assert "9" not in after_space and "7" not in after_space  # no passage number starts with 9 or 7
+
+
+def greedy_pick(tokenizer, generated: str, preferred: list[str], passages=PASSAGES) -> str:
+    """The token greedy decoding takes after ``generated`` when the model ranks ``preferred`` first, in order."""
+    prompt = tokenizer.encode("<|assistant|>\n", add_special_tokens=False)
+    ids = torch.tensor([prompt + tokenizer.encode(generated, add_special_tokens=False)])
+    scores = torch.zeros(1, len(tokenizer))
+    for rank, token in enumerate(preferred):
+        (token_id,) = tokenizer.encode(token, add_special_tokens=False)  # each preference is one token
+        scores[0, token_id] = 100.0 - rank
+    processor = NumberCopyProcessor(tokenizer, [passages], len(prompt))
+    return tokenizer.decode([int(processor(ids, scores)[0].argmax())])
+
+
+def test_a_duration_must_be_one_a_passage_states(tokenizer):
+    passages = ["A late fee of $30 applies. Reinstatement is possible within 15 days of cancellation."]
+    # 30 is a passage number, but no passage gives 30 days: the unit is refused, the next choice taken
+    assert greedy_pick(tokenizer, "You have 30", [" days", " of"], passages) == " of"
+    assert greedy_pick(tokenizer, "You have 15", [" days", " of"], passages) == " days"
+
+
+def test_a_date_must_be_one_a_passage_states(tokenizer):
+    passages = ["The renewal premium (installment 1 of 2) is due on January 15, 2027."]
+    # 1 is a passage number and "January 1" may still grow into "January 15"; closing it as January 1 is refused
+    assert greedy_pick(tokenizer, "It is due January 1", [",", "5"], passages) == "5"
+    assert greedy_pick(tokenizer, "It is due January 15", [",", "."], passages) == ","
+
+
+def test_no_dollar_sign_without_a_passage_amount(tokenizer):
+    passages = ["Payments are due on the 15th of each month; a grace period of 10 days applies."]
+    assert greedy_pick(tokenizer, "The fee is", [" $", " not"], passages) == " not"
+    assert greedy_pick(tokenizer, "The fee is $", ["%", "1"], PASSAGES) == "1"  # "$%" never; $1,500 is an amount
+
+
+def test_the_sources_line_cites_a_passage_stating_the_answer_facts(tokenizer):
+    answer = "Amount: $40 a day for a rental car.\nSources: ["
+    assert "2" in allowed_after(tokenizer, answer) and "1" not in allowed_after(tokenizer, answer)
+    covered = "Amount: $40 a day for a rental car. [2]\nSources: ["
+    assert {"1", "2"} <= allowed_after(tokenizer, covered)  # nothing left uncovered: any given passage
+
+
+def test_a_line_whose_facts_no_one_passage_states_cites_the_passage_stating_most(tokenizer):
+    # $1,500 and 30 days are in passage 1, $40 in passage 2: passage 1 states two of the line's three facts
+    line = "Pay $1,500 within 30 days, and $40 a day for a rental. ["
+    assert "1" in allowed_after(tokenizer, line) and "2" not in allowed_after(tokenizer, line)
+    # the Sources line then cites what is still uncovered: the $40 of passage 2
+    answer = line + "1]\nSources: ["
+    assert "2" in allowed_after(tokenizer, answer) and "1" not in allowed_after(tokenizer, answer)
