@@ -56,9 +56,10 @@ class Settings(BaseSettings):
     tgi_url: str | None = Field(None, description="Base URL of a TGI server, for llm_backend=tgi.")
     max_new_tokens: int = Field(96, ge=1, le=2048)
     torch_threads: int = Field(2, ge=1, le=256)
-    copy_numbers: bool = Field(False, description="Embedded engine only: copy-constrained decoding (numbers only as "
-                               "the turn's passages write them). Raises the model's own faithfulness but lets more "
-                               "wrong-but-supported drafts past the grounding check; see docs/adapters.md.")
+    copy_numbers: bool = Field(False, description="Embedded engine only: copy-constrained decoding (numbers, amounts, "
+                               "dates and durations only as the turn's passages state them). Raises the model's own "
+                               "faithfulness but lets more wrong-but-supported drafts past the grounding check; see "
+                               "docs/adapters.md.")
 
     retriever_backend: Literal["lancedb", "weaviate"] = "lancedb"
     weaviate_url: str | None = None
