@@ -40,7 +40,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from domainroute.embeddings import Embedder  # noqa: E402
+from domainroute.embeddings import BATCH_SIZE, Embedder  # noqa: E402
 from domainroute.retrievers.base import Chunk, SearchFilters  # noqa: E402
 from domainroute.retrievers.evaluation import EVAL_NAME, MemoEmbedder, load_eval_set  # noqa: E402
 from domainroute.retrievers.ingest import embedding_text, load_chunks  # noqa: E402
@@ -217,7 +217,7 @@ def embed_composed(corpus: Corpus, sentences: list[str], embedder: Embedder,
     if cached:
         table = np.load(path)
     else:
-        table = embedder.encode(sentences, batch_size=64, progress=True)
+        table = embedder.encode(sentences, progress=True)
         cache.mkdir(parents=True, exist_ok=True)
         np.save(path, table)
     vectors = {}
@@ -422,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vectors", choices=["model", "composed"], default="model",
                         help="model: embed every chunk (slow on CPU); composed: mean of sentence vectors")
     parser.add_argument("--embed-sample", type=int, default=256, help="chunks used to time the encoder itself")
-    parser.add_argument("--batch", type=int, default=64, help="encoder batch size")
+    parser.add_argument("--batch", type=int, default=BATCH_SIZE, help=f"encoder batch size (default {BATCH_SIZE})")
     parser.add_argument("--batch-docs", type=int, default=500, help="documents per upsert_documents call")
     parser.add_argument("--vector-index", choices=["none", "ivf_pq", "ivf_hnsw_sq", "all"], default="all",
                         help="LanceDB ANN index(es) to build and time after the exact search (default all)")

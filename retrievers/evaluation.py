@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from domainroute.embeddings import Embedder
+from domainroute.embeddings import BATCH_SIZE, Embedder
 from domainroute.errors import InputError
 from domainroute.retrievers.base import Chunk, Retriever, SearchFilters
 from domainroute.retrievers.documents import valid_to_by_version
@@ -247,7 +247,7 @@ class MemoEmbedder(Embedder):
         super().__init__(backend)
         self._cache: dict[str, np.ndarray] = {}
 
-    def encode(self, texts: list[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+    def encode(self, texts: list[str], *, batch_size: int = BATCH_SIZE, progress: bool = False) -> np.ndarray:
         missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
         if missing:
             vectors = super().encode(missing, batch_size=batch_size, progress=progress)
