@@ -31,7 +31,7 @@ ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 EMBEDDING_DIM = 384
 BATCH_SIZE = 16
 """Texts per encoder call. On 2 CPU cores with ONNX Runtime, ~210-token chunks: 26-31 chunks/s at 4-16 against
-25-26 at 32-64 (session 3, benchmarks/retrieval_scale.py --batch); smaller batches also pad less."""
+25-27 at 32-64 (session 3, measured on the knowledge base; docs/benchmarks/retrieval_scale.md)."""
 BACKENDS = ("auto", "onnx", "torch")
 ONNX_FORMAT = 1  # bump when the export below changes, so old cached files are not reused
 _lock = threading.Lock()
