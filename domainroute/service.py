@@ -116,12 +116,23 @@ class AgentService:
             )
         return retriever
 
+    @property
+    def quote_fact_free_drafts(self) -> bool:
+        """``Settings.fact_free_drafts`` resolved: ``auto`` quotes over fact-free drafts of the embedded engine only."""
+        choice = self.settings.fact_free_drafts
+        if choice != "auto":
+            return choice == "quote"
+        from domainroute.agents.local_engine import LocalChatModel
+
+        return isinstance(self.chat_model, LocalChatModel)
+
     @cached_property
     def context(self) -> AgentContext:
         return AgentContext(
             pack=self.pack, chat_model=self.chat_model, router=self.router, retriever=self.retriever,
             escalation_policy=self.escalation_policy, adapters=frozenset(self.adapters), tenant=self.settings.tenant,
             hybrid_alpha=self.settings.hybrid_alpha, max_new_tokens=self.settings.max_new_tokens,
+            quote_fact_free=self.quote_fact_free_drafts,
         )
 
     @cached_property

@@ -60,6 +60,10 @@ class Settings(BaseSettings):
                                "dates and durations only as the turn's passages state them). Raises the model's own "
                                "faithfulness but lets more wrong-but-supported drafts past the grounding check; see "
                                "docs/adapters.md.")
+    fact_free_drafts: Literal["auto", "show", "quote"] = Field(
+        "auto", description="A model draft that states no amount, date or other checkable fact: show it as written, "
+        "or quote the passages instead. auto = quote with the embedded engine (the bundled 3.7M model's prose is not "
+        "trustworthy when there is nothing to check), show with TGI.")
 
     retriever_backend: Literal["lancedb", "weaviate"] = "lancedb"
     weaviate_url: str | None = None

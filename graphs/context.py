@@ -24,3 +24,4 @@ class AgentContext:
     hybrid_alpha: float = 0.5
     as_of: date | None = None  # date of loss for document versions; None = today
     max_new_tokens: int = 160
+    quote_fact_free: bool = False  # a draft with no checkable fact is quoted over (Settings.fact_free_drafts)

@@ -121,7 +121,8 @@ def ground(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     """Check the draft's facts against the passages it cites; retry once, else quote the passages, else escalate.
 
     A draft passes when every fact is supported and, if the question clearly asks for a figure ("how much...?"),
-    it states a supported fact of that kind. Nothing unsupported is shown: a draft that fails is moved to
+    it states a supported fact of that kind; with ``quote_fact_free`` (the embedded engine's default) a draft that
+    states no checkable fact at all is quoted over at once. Nothing unsupported is shown: a draft that fails is moved to
     ``grounding.withheld`` (for the human's packet) and replaced. ``checked``/``supported`` describe the model's
     first draft; ``removed`` counts citation markers that pointed at no passage of this turn, over every draft.
     """
@@ -134,6 +135,9 @@ def ground(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
                               "removed": state.get("citations_removed", 0), "action": "none",
                               "unsupported": [f.text for f in first.unsupported], "withheld": [],
                               "steps": [_step("check", first, query)]}
+    if runtime.context.quote_fact_free and passages and draft.strip() and not first.checked:
+        record["withheld"].append(_withheld(draft, state.get("citations", []), first))
+        return _quote_or_escalate(state, passages, record, query)  # nothing to check: no retry, quote the passages
     if _passes(draft, state.get("citations", []), passages, first, query):
         return {"grounding": record}
     record["withheld"].append(_withheld(draft, state.get("citations", []), first))
@@ -141,10 +145,16 @@ def ground(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     record["removed"] += dropped
     second = grounding.check_answer(retry.text, retry.citations, passages)
     record["steps"].append(_step("regenerate", second, query))
-    if _passes(retry.text, retry.citations, passages, second, query):
+    if _passes(retry.text, retry.citations, passages, second, query) and not (
+            runtime.context.quote_fact_free and not second.checked):
         return {"grounding": {**record, "action": "regenerated"}, "draft": retry.text, "citations": retry.citations}
     record["withheld"].append(_withheld(retry.text, retry.citations, second))
     record["unsupported"] += [f.text for f in second.unsupported if f.text not in record["unsupported"]]
+    return _quote_or_escalate(state, passages, record, query)
+
+
+def _quote_or_escalate(state: AgentState, passages: list[dict[str, Any]], record: dict[str, Any],
+                       query: str) -> dict[str, Any]:
     quoted = grounding.extractive_answer(state["query"], passages)
     if quoted is None:
         record["steps"].append({"step": "escalate", "reason": UNGROUNDED})

@@ -77,6 +77,10 @@ class StudioContext(BaseModel):
     def adapters(self) -> frozenset[str]:
         return frozenset(_service().adapters)
 
+    @property
+    def quote_fact_free(self) -> bool:
+        return _service().quote_fact_free_drafts
+
 
 def make_builder():
     """The uncompiled graph for the configured pack, declaring ``StudioContext`` as its context schema."""

@@ -156,7 +156,8 @@ def run_config(service, pack, questions: Sequence[Question], router, *, label: s
     s = service.settings
     ctx = AgentContext(pack=pack, chat_model=service.chat_model, router=router, retriever=service.retriever,
                        escalation_policy=NeverEscalate(), adapters=frozenset(service.adapters), tenant=s.tenant,
-                       hybrid_alpha=s.hybrid_alpha, max_new_tokens=s.max_new_tokens)
+                       hybrid_alpha=s.hybrid_alpha, max_new_tokens=s.max_new_tokens,
+                       quote_fact_free=service.quote_fact_free_drafts)
     graph = build_graph(pack=pack).compile(checkpointer=InMemorySaver())
     outcomes = []
     for q in tqdm(questions, desc=label, unit="q", disable=not progress):

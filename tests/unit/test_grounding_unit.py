@@ -477,3 +477,35 @@ def test_evaluate_reports_every_row_and_says_when_adapters_are_missing(tmp_path)
     page = render_markdown(report, "domainroute grounding eval --limit 4")
     assert "| base + domain adapter | not available: no trained adapters" in page
     assert "domainroute grounding eval --limit 4" in page
+
+
+def test_a_draft_without_figures_is_quoted_over_when_fact_free_drafts_are_quoted(pack):
+    from dataclasses import replace
+
+    graph, ctx, model = _graph(pack, ["Yes, rental reimbursement covers a substitute car [1]."], [RENTAL_P])
+    values = _run(graph, replace(ctx, quote_fact_free=True), "is a rental car covered?").values
+    g = values["grounding"]
+    assert (g["action"], g["checked"]) == ("extractive", 0) and len(model.calls) == 1  # no retry: nothing to fix
+    assert values["answer"].startswith("According to Auto Rental [1]:") and "substitute car" not in values["answer"]
+    assert g["withheld"][0]["text"] == "Yes, rental reimbursement covers a substitute car [1]."
+    # a draft that states a supported fact is still shown as written
+    graph, ctx, model = _graph(pack, ["Rental pays $50 per day [1]."], [RENTAL_P])
+    assert _run(graph, replace(ctx, quote_fact_free=True), "how much does rental pay per day?").values[
+        "grounding"]["action"] == "none"
+
+
+def test_fact_free_drafts_setting_resolves_by_engine(pack, tmp_path):
+    from domainroute.agents.local_engine import LocalChatModel
+    from domainroute.service import AgentService
+    from domainroute.settings import BUNDLED_BASE_MODEL, Settings
+
+    def service(choice: str, model) -> AgentService:
+        return AgentService(Settings(data_dir=tmp_path, fact_free_drafts=choice), pack=pack, chat_model=model,
+                            retriever=ListRetriever([RENTAL_P]), adapters={})
+
+    embedded = LocalChatModel(model_path=BUNDLED_BASE_MODEL, adapters={})  # not loaded: nothing is generated
+    scripted = ScriptedChatModel(replies=[], calls=[])
+    assert service("auto", embedded).quote_fact_free_drafts is True
+    assert service("auto", scripted).quote_fact_free_drafts is False  # another engine (TGI, a fake): shown
+    assert service("quote", scripted).quote_fact_free_drafts is True
+    assert service("show", embedded).quote_fact_free_drafts is False
