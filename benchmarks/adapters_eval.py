@@ -82,8 +82,9 @@ def main() -> int:
         lines.append(f"| {r.domain} | {'yes' if verdict.get(r.domain) else 'no'} | "
                      f"{'yes' if verdict_copy.get(r.domain) else 'no'} | {r.faithfulness:.2f} | "
                      + (f"{copy.faithfulness:.2f} |" if copy else "- |"))
-    for title, mine, theirs in (("Figures where the own adapter does not beat the base (free decoding):", "own", "base"),
-                                ("Figures where own+copy does not beat base+copy:", OWN_COPY, BASE_COPY)):
+    comparisons = (("Figures where the own adapter does not beat the base (free decoding):", "own", "base"),
+                   ("Figures where own+copy does not beat base+copy:", OWN_COPY, BASE_COPY))
+    for title, mine, theirs in comparisons:
         lines += ["", title, ""]
         misses = [f"- {d}: {m} {getattr(by[(d, mine)], m):.2f} vs {getattr(by[(d, theirs)], m):.2f}"
                   for d in DOMAINS for m in METRICS if getattr(by[(d, mine)], m) <= getattr(by[(d, theirs)], m)]

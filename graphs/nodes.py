@@ -122,9 +122,10 @@ def ground(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
 
     A draft passes when every fact is supported and, if the question clearly asks for a figure ("how much...?"),
     it states a supported fact of that kind; with ``quote_fact_free`` (the embedded engine's default) a draft that
-    states no checkable fact at all is quoted over at once. Nothing unsupported is shown: a draft that fails is moved to
-    ``grounding.withheld`` (for the human's packet) and replaced. ``checked``/``supported`` describe the model's
-    first draft; ``removed`` counts citation markers that pointed at no passage of this turn, over every draft.
+    states no checkable fact at all is quoted over at once. Nothing unsupported is shown: a draft that fails is
+    moved to ``grounding.withheld`` (for the human's packet) and replaced. ``checked``/``supported`` describe the
+    model's first draft; ``removed`` counts citation markers that pointed at no passage of this turn, over every
+    draft.
     """
     if state.get("retrieval_error"):  # nothing to check; check_escalation hands the turn to a human
         return {"grounding": {"checked": 0, "supported": 0, "removed": 0, "action": "none", "unsupported": [],
@@ -135,7 +136,7 @@ def ground(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
                               "removed": state.get("citations_removed", 0), "action": "none",
                               "unsupported": [f.text for f in first.unsupported], "withheld": [],
                               "steps": [_step("check", first, query)]}
-    if runtime.context.quote_fact_free and passages and draft.strip() and not first.checked:
+    if passages and draft.strip() and _fact_free(runtime.context, first):
         record["withheld"].append(_withheld(draft, state.get("citations", []), first))
         return _quote_or_escalate(state, passages, record, query)  # nothing to check: no retry, quote the passages
     if _passes(draft, state.get("citations", []), passages, first, query):
@@ -145,12 +146,16 @@ def ground(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     record["removed"] += dropped
     second = grounding.check_answer(retry.text, retry.citations, passages)
     record["steps"].append(_step("regenerate", second, query))
-    if _passes(retry.text, retry.citations, passages, second, query) and not (
-            runtime.context.quote_fact_free and not second.checked):
+    if _passes(retry.text, retry.citations, passages, second, query) and not _fact_free(runtime.context, second):
         return {"grounding": {**record, "action": "regenerated"}, "draft": retry.text, "citations": retry.citations}
     record["withheld"].append(_withheld(retry.text, retry.citations, second))
     record["unsupported"] += [f.text for f in second.unsupported if f.text not in record["unsupported"]]
     return _quote_or_escalate(state, passages, record, query)
+
+
+def _fact_free(ctx: AgentContext, check: grounding.Check) -> bool:
+    """A draft with no checkable fact that this run does not show as written (``Settings.fact_free_drafts``)."""
+    return ctx.quote_fact_free and not check.checked
 
 
 def _quote_or_escalate(state: AgentState, passages: list[dict[str, Any]], record: dict[str, Any],
