@@ -35,6 +35,7 @@ class Result:
     name: str
     metrics: dict[str, float] | None
     note: str = ""
+    predict: Callable[[str], str] | None = None
 
 
 def metrics(truth: list[str], preds: list[str], seconds: list[float], routes: list[str]) -> dict[str, float]:
@@ -83,7 +84,7 @@ def run_this_router(pack_dir: Path, test: list[dict], routes: list[str]) -> Resu
     router = load_router(pack_dir / "router" / "model", load_pack(pack_dir))
     preds, secs = timed(lambda q: router.route(q).route, [e["query"] for e in test])
     return Result("domainroute EmbeddingRouter (committed model: MiniLM + TF-IDF features, LR)",
-                  metrics([e["route"] for e in test], preds, secs, routes))
+                  metrics([e["route"] for e in test], preds, secs, routes), predict=lambda q: router.route(q).route)
 
 
 def run_embeddings_only(pack_dir: Path, train: list[dict], val: list[dict], test: list[dict],
@@ -96,7 +97,7 @@ def run_embeddings_only(pack_dir: Path, train: list[dict], val: list[dict], test
     router = EmbeddingRouter(lexical=False).fit(train, routes, val, min_confidence=floors)
     preds, secs = timed(lambda q: router.route(q).route, [e["query"] for e in test])
     return Result("domainroute EmbeddingRouter, embeddings only (lexical=False)",
-                  metrics([e["route"] for e in test], preds, secs, routes))
+                  metrics([e["route"] for e in test], preds, secs, routes), predict=lambda q: router.route(q).route)
 
 
 def run_semantic_router(train: list[dict], val: list[dict], test: list[dict], routes: list[str]) -> Result:
@@ -124,7 +125,7 @@ def run_semantic_router(train: list[dict], val: list[dict], test: list[dict], ro
     return Result(f"aurelio semantic-router {semantic_router.__version__} IndexedRouter (same MiniLM, Platt fit)",
                   metrics([e["route"] for e in test], preds, secs, routes),
                   note=f"calibration fit: top-1 accuracy {report.accuracy:.3f}, ECE {report.ece:.3f} on validation; "
-                       f"confidence_threshold {router.confidence_threshold:.3f}")
+                       f"confidence_threshold {router.confidence_threshold:.3f}", predict=predict)
 
 
 def run_tfidf(train: list[dict], val: list[dict], test: list[dict], routes: list[str]) -> Result:
@@ -150,7 +151,8 @@ def run_tfidf(train: list[dict], val: list[dict], test: list[dict], routes: list
 
     preds, secs = timed(predict, [e["query"] for e in test])
     return Result("TF-IDF (word 1-2 + char 2-5) + LogisticRegression",
-                  metrics([e["route"] for e in test], preds, secs, routes), note=f"abstain threshold {t:.3f}")
+                  metrics([e["route"] for e in test], preds, secs, routes), note=f"abstain threshold {t:.3f}",
+                  predict=predict)
 
 
 def run_zero_shot(pack_dir: Path, test: list[dict], routes: list[str]) -> Result:
@@ -173,7 +175,45 @@ def run_zero_shot(pack_dir: Path, test: list[dict], routes: list[str]) -> Result
         return next((r for r in routes if text.startswith(r)), OOS)
 
     preds, secs = timed(predict, [e["query"] for e in test])
-    return Result(name, metrics([e["route"] for e in test], preds, secs, routes), note=f"TGI at {url}")
+    return Result(name, metrics([e["route"] for e in test], preds, secs, routes), note=f"TGI at {url}",
+                  predict=predict)
+
+
+def policy_questions(pack_dir: Path, routes: list[str]) -> dict[str, list[dict]]:
+    """In-scope questions about the policies themselves, from the pack's other evaluation sets (test splits only):
+    the grounding questions (labelled with their route) and the retrieval questions (the route is the line of the
+    first relevant chunk; questions on the `general` line, which no single route owns, are left out)."""
+    from domainroute.retrievers.evaluation import item_line, load_eval_set
+    from domainroute.retrievers.ingest import load_chunks
+
+    grounding = [json.loads(line) for line in (pack_dir / "grounding" / "questions.jsonl").read_text().splitlines()
+                 if line.strip()]
+    chunks = {c.chunk_id: c for c in load_chunks(pack_dir / "kb")}
+    retrieval = [{"query": i.question, "route": item_line(i, chunks)}
+                 for i in load_eval_set(pack_dir / "retrieval" / "eval.jsonl") if i.split == "test"]
+    return {
+        "grounding/questions.jsonl, test split": [{"query": g["question"], "route": g["route"]}
+                                                   for g in grounding if g["split"] == "test"],
+        "retrieval/eval.jsonl, test split": [r for r in retrieval if r["route"] in routes and r["route"] != OOS],
+    }
+
+
+def policy_table(results: list[Result], sets: dict[str, list[dict]]) -> str:
+    """Per system and question set: share sent to out_of_scope (refused) and share routed to the right domain."""
+    head = " | ".join(f"{name} ({len(rows)}): refused / right route" for name, rows in sets.items())
+    lines = [f"| system | {head} |", "|---|" + "---:|" * len(sets)]
+    for r in results:
+        if r.predict is None:
+            lines.append(f"| {r.name} |" + " – |" * len(sets))
+            continue
+        cells = []
+        for rows in sets.values():
+            preds = [r.predict(e["query"]) for e in rows]
+            refused = np.mean([p == OOS for p in preds])
+            right = np.mean([p == e["route"] for p, e in zip(preds, rows)])
+            cells.append(f"{refused:.3f} / {right:.3f}")
+        lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def table(results: list[Result]) -> str:
@@ -233,6 +273,15 @@ def main() -> int:
         f"accuracy with out-of-scope recall >= {OOS_RECALL_TARGET}).",
         "",
         table(results),
+        "",
+        "## In-scope policy questions from the other evaluation sets",
+        "",
+        "Customers also ask about the policies themselves (\"which form is...\", \"what's the number for...\", \"how "
+        "long do I have to...\"). The test splits of the pack's grounding and retrieval question sets are such "
+        "questions, written for those evaluations, never used to train or tune a router. Every one is in scope, so "
+        "any out_of_scope answer is a wrong refusal.",
+        "",
+        policy_table(results, policy_questions(pack_dir, routes)),
         "",
         "Notes:",
         *notes,
