@@ -14,7 +14,7 @@ import pytest
 from domainroute.errors import InputError
 from domainroute.retrievers.base import Chunk, SearchFilters
 from domainroute.retrievers.ingest import ingest
-from domainroute.retrievers.lancedb_store import TABLE_PREFIX, LanceDBRetriever
+from domainroute.retrievers.lancedb_store import SCALAR_INDEXES, TABLE_PREFIX, LanceDBRetriever
 from tests.integration.test_retrieval_failure import HashEmbedder
 
 pytestmark = pytest.mark.integration
@@ -108,3 +108,27 @@ def test_ann_search_parameters_are_validated(tmp_path):
         LanceDBRetriever(tmp_path / "s", embedder=HashEmbedder(), nprobes=0)
     retriever = LanceDBRetriever(tmp_path / "s", embedder=HashEmbedder(), nprobes=64, ef=128)
     assert (retriever.nprobes, retriever.ef) == (64, 128)
+
+
+def test_search_builds_the_filter_indexes_and_keeps_them_current(tmp_path: Path) -> None:
+    """The first search indexes the filtered columns; a write makes them stale and the next search catches up,
+    with the same chunks as before (the indexes change speed, not results)."""
+    retriever = LanceDBRetriever(tmp_path / "s", embedder=HashEmbedder())
+    retriever.upsert_documents(DOCS, tenant="northwind")
+
+    def indexes() -> list:  # a fresh handle each time: an open table stays at the version it was opened at
+        return lancedb.connect(retriever.path).open_table(TABLE_PREFIX + "northwind").list_indices()
+
+    assert not any(tuple(i.columns) == ("valid_to",) for i in indexes())
+    in_2025 = SearchFilters(as_of=date(2025, 3, 1), lines=("auto",), doc_types=("faq",))
+    first = retriever.search("chip repair", tenant="northwind", k=3, mode="hybrid", filters=in_2025)
+    assert set(SCALAR_INDEXES) | {"text"} <= {i.columns[0] for i in indexes()}
+    assert {p.version for p in first if p.doc_id == "glass"} == {1}
+
+    retriever.upsert_documents([doc("hail", ["hail dents are comprehensive"])], tenant="northwind")
+    found = retriever.search("hail dents", tenant="northwind", k=2, mode="keyword")
+    assert found and found[0].doc_id == "hail"
+    stale = [i.name for i in indexes() if i.columns[0] in SCALAR_INDEXES and i.num_unindexed_rows]
+    assert stale == []
+    again = retriever.search("chip repair", tenant="northwind", k=3, mode="hybrid", filters=in_2025)
+    assert [p.chunk_id for p in again] == [p.chunk_id for p in first]  # BM25 scores move with the new document
