@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,9 +115,12 @@ class LocalChatModel(BaseChatModel):
                 if not (Path(folder) / "adapter_config.json").exists():
                     raise ConfigError(f"adapter {adapter_id!r}: no adapter_config.json in {folder}")
             first_id, first_path = items[0]
-            model = PeftModel.from_pretrained(model, str(first_path), adapter_name=first_id)
-            for adapter_id, folder in items[1:]:
-                model.load_adapter(str(folder), adapter_name=adapter_id)
+            with warnings.catch_warnings():
+                # peft 0.21 calls a transformers 5.x method that warns of its own rename; nothing for the user to do
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                model = PeftModel.from_pretrained(model, str(first_path), adapter_name=first_id)
+                for adapter_id, folder in items[1:]:
+                    model.load_adapter(str(folder), adapter_name=adapter_id)
             model.eval()
         return _Loaded(model, tokenizer, threading.Lock(), frozenset(self.adapters), time.perf_counter() - start)
 
