@@ -278,8 +278,8 @@ def main() -> int:
         "",
         "Customers also ask about the policies themselves (\"which form is...\", \"what's the number for...\", \"how "
         "long do I have to...\"). The test splits of the pack's grounding and retrieval question sets are such "
-        "questions, written for those evaluations, never used to train or tune a router. Every one is in scope, so "
-        "any out_of_scope answer is a wrong refusal.",
+        "questions, written for those evaluations and never used to train or tune the committed router (docs/router.md "
+        "says where they were looked at since). Every one is in scope, so any out_of_scope answer is a wrong refusal.",
         "",
         policy_table(results, policy_questions(pack_dir, routes)),
         "",

@@ -8,6 +8,7 @@ indexed are still searched, only more slowly).
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +40,7 @@ from domainroute.retrievers.filters import ResolvedSearch, resolve_search, valid
 from domainroute.retrievers.fusion import relative_score_fusion
 from domainroute.schemas import Passage
 
+log = logging.getLogger(__name__)
 TABLE_PREFIX = "chunks__"
 ANN_NPROBES = 20
 """IVF partitions searched when a table has a vector index (LanceDB's default)."""
@@ -57,8 +59,9 @@ SCALAR_INDEXES: dict[str, type[Bitmap] | type[BTree]] = {
     "tenant": Bitmap, "line": Bitmap, "doc_type": Bitmap, "effective_date": BTree, "valid_to": BTree,
 }
 """Scalar indexes on the filtered columns: every search prefilters on tenant and the validity dates. At 90,000 rows
-they took hybrid p50 from 18.8-19.9 ms to 16.7-16.9 ms (filtered: 24.6-25.5 -> 17.3-18.3 ms; session 4,
-docs/benchmarks/retrieval_scale.md); building them takes ~0.02 s per column."""
+with an IVF_HNSW_SQ vector index, hybrid p50 with a line + doc type + date filter went from 22.3 to 17.6-18.0 ms
+(tenant + date only: no measurable change; session 4, docs/benchmarks/retrieval_scale.md); building all five on
+12 tenants / 100,000 rows took 0.2 s."""
 _NOT_TEXT = {"version": pa.int32(), "ordinal": pa.int32(), "effective_date": pa.date32(), "valid_to": pa.date32()}
 
 
@@ -82,7 +85,7 @@ class LanceDBRetriever:
         self._embedder = embedder
         self._connection: lancedb.DBConnection | None = None
         self._lock = threading.RLock()
-        self._indexed: set[str] = set()
+        self._indexed: dict[str, int] = {}  # table name -> the table version whose indexes were found current
 
     def __repr__(self) -> str:
         return f"LanceDBRetriever({str(self.path)!r})"
@@ -132,7 +135,7 @@ class LanceDBRetriever:
                 .when_not_matched_by_source_delete(these_versions)
                 .execute(source)
             )
-            self._indexed.discard(name)
+            self._indexed.pop(name, None)
         return sum(len(doc.chunks) for doc in docs)
 
     def search(
@@ -249,26 +252,46 @@ class LanceDBRetriever:
         return [(row["chunk_id"], row, float(row["_score"])) for row in rows]
 
     def _ensure_indexes(self, table: Table) -> None:
-        """(Re)build the tenant's indexes (full text, filters) when missing or behind the rows written since."""
-        if table.name in self._indexed:
+        """Bring the tenant's indexes (full text, filters) up to the table's version, once per version.
+
+        Keyed by version, so writes by another process (``domainroute ingest`` beside a running server) and writes
+        that land between opening the table and this check are caught by the next search. An index that cannot be
+        built (a commit conflict with another process, a read-only store) is logged and retried on the next search;
+        the search goes on, since rows without an index are still searched, only more slowly.
+        """
+        if self._indexed.get(table.name) == table.version:
             return
         with self._lock:
-            if table.name in self._indexed:
+            if self._indexed.get(table.name) == table.version:
                 return
-            ensure_indexes(table)
-            self._indexed.add(table.name)
+            failed = ensure_indexes(table)
+            if failed:
+                log.warning("LanceDB table %s: could not build index(es) on %s; searching without them",
+                            table.name, ", ".join(failed))
+            else:
+                self._indexed[table.name] = table.version
 
 
-def ensure_indexes(table: Table) -> None:
-    """Create the full-text index on ``text`` and the :data:`SCALAR_INDEXES` where missing or behind the data."""
+def ensure_indexes(table: Table) -> list[str]:
+    """Create the full-text index on ``text`` and the :data:`SCALAR_INDEXES` where missing or behind the data.
+
+    Returns the columns whose index could not be built. Only a table with no full-text index at all, which keyword
+    search cannot do without, makes a failed build an error.
+    """
     indices = {tuple(i.columns): i for i in table.list_indices()}
-    fts = indices.get(("text",))
-    if fts is None or fts.index_type != "FTS" or fts.num_unindexed_rows:
-        table.create_index("text", config=FTS(), replace=True)
-    for column, config in SCALAR_INDEXES.items():
+    wanted: list[tuple[str, Any, bool]] = [("text", FTS(), True), *((c, k(), False) for c, k in SCALAR_INDEXES.items())]
+    failed = []
+    for column, config, required in wanted:
         current = indices.get((column,))
-        if current is None or current.num_unindexed_rows:
-            table.create_index(column, config=config(), replace=True)
+        if current is not None and not current.num_unindexed_rows:
+            continue
+        try:
+            table.create_index(column, config=config, replace=True)
+        except Exception:  # noqa: BLE001 - LanceDB raises several types; the search works without the index
+            if required and current is None:
+                raise
+            failed.append(column)
+    return failed
 
 
 def _merge_source(

@@ -132,3 +132,28 @@ def test_search_builds_the_filter_indexes_and_keeps_them_current(tmp_path: Path)
     assert stale == []
     again = retriever.search("chip repair", tenant="northwind", k=3, mode="hybrid", filters=in_2025)
     assert [p.chunk_id for p in again] == [p.chunk_id for p in first]  # BM25 scores move with the new document
+
+
+def test_indexes_follow_writes_by_another_process_and_a_failed_build_does_not_fail_search(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    reader = LanceDBRetriever(tmp_path / "s", embedder=HashEmbedder())
+    writer = LanceDBRetriever(tmp_path / "s", embedder=HashEmbedder())  # stands for `domainroute ingest` elsewhere
+    writer.upsert_documents(DOCS, tenant="northwind")
+    assert reader.search("towing", tenant="northwind", k=2, mode="vector")  # a vector search indexes too
+
+    def stale() -> list[str]:
+        table = lancedb.connect(reader.path).open_table(TABLE_PREFIX + "northwind")
+        return [i.name for i in table.list_indices() if i.num_unindexed_rows]
+
+    assert stale() == []
+    writer.upsert_documents([doc("hail", ["hail dents are comprehensive"])], tenant="northwind")
+    assert stale() != []  # the writer does not index; the reader's next search notices the new version
+    assert reader.search("hail dents", tenant="northwind", k=1, mode="keyword")[0].doc_id == "hail"
+    assert stale() == []
+
+    monkeypatch.setitem(SCALAR_INDEXES, "no_such_column", SCALAR_INDEXES["line"])
+    writer.upsert_documents([doc("flood", ["flood is excluded"])], tenant="northwind")
+    with caplog.at_level("WARNING"):
+        found = reader.search("flood", tenant="northwind", k=1, mode="hybrid")
+    assert found[0].doc_id == "flood"
+    assert "no_such_column" in caplog.text and "searching without them" in caplog.text
