@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
@@ -49,6 +50,8 @@ ANN_EF = 30
 LEG_TIMEOUT_S = 30.0
 """A keyword leg that has not answered by then is a retrieval failure (the graph escalates), not a hang."""
 _LEGS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lancedb-keyword-leg")
+INDEX_ATTEMPTS = 3
+"""Tries at building a missing full-text index (concurrent first searches in several processes conflict)."""
 HYBRID_POOL = 20
 """Each hybrid leg fetches max(2k, HYBRID_POOL) candidates before fusion."""
 COLUMNS = [
@@ -266,7 +269,7 @@ class LanceDBRetriever:
                 return
             failed = ensure_indexes(table)
             if failed:
-                log.warning("LanceDB table %s: could not build index(es) on %s; searching without them",
+                log.info("LanceDB table %s: could not build index(es) on %s; searching without them",
                             table.name, ", ".join(failed))
             else:
                 self._indexed[table.name] = table.version
@@ -285,12 +288,20 @@ def ensure_indexes(table: Table) -> list[str]:
         current = indices.get((column,))
         if current is not None and not current.num_unindexed_rows:
             continue
-        try:
-            table.create_index(column, config=config, replace=True)
-        except Exception:  # noqa: BLE001 - LanceDB raises several types; the search works without the index
-            if required and current is None:
-                raise
-            failed.append(column)
+        for attempt in range(INDEX_ATTEMPTS if required and current is None else 1):
+            if attempt and any(tuple(i.columns) == (column,) for i in table.list_indices()):
+                break  # the other process built it
+            try:
+                table.create_index(column, config=config, replace=True)
+                break
+            except Exception:  # noqa: BLE001 - LanceDB raises several types; the search works without the index
+                if not (required and current is None):
+                    failed.append(column)
+                elif attempt + 1 == INDEX_ATTEMPTS:
+                    raise
+                else:  # most often a commit conflict with another process indexing the same table: try again
+                    time.sleep(0.05 * (attempt + 1))
+                    table.checkout_latest()
     return failed
 
 

@@ -153,7 +153,26 @@ def test_indexes_follow_writes_by_another_process_and_a_failed_build_does_not_fa
 
     monkeypatch.setitem(SCALAR_INDEXES, "no_such_column", SCALAR_INDEXES["line"])
     writer.upsert_documents([doc("flood", ["flood is excluded"])], tenant="northwind")
-    with caplog.at_level("WARNING"):
+    with caplog.at_level("INFO", logger="domainroute.retrievers.lancedb_store"):
         found = reader.search("flood", tenant="northwind", k=1, mode="hybrid")
     assert found[0].doc_id == "flood"
     assert "no_such_column" in caplog.text and "searching without them" in caplog.text
+
+
+def test_a_conflicting_first_full_text_index_build_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several processes searching a fresh store at once conflict on the index commit; the loser tries again."""
+    from lancedb.table import LanceTable
+
+    retriever = LanceDBRetriever(tmp_path / "s", embedder=HashEmbedder())
+    retriever.upsert_documents(DOCS, tenant="northwind")
+    real, calls = LanceTable.create_index, []
+
+    def conflicting(self, column, *args, **kwargs):
+        calls.append(column)
+        if column == "text" and calls.count("text") == 1:
+            raise OSError("Retryable commit conflict for version 3: CreateIndex transaction was preempted")
+        return real(self, column, *args, **kwargs)
+
+    monkeypatch.setattr(LanceTable, "create_index", conflicting)
+    assert retriever.search("towing", tenant="northwind", k=1, mode="keyword")[0].doc_id == "towing"
+    assert calls.count("text") == 2
