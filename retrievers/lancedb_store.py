@@ -78,13 +78,15 @@ class LanceDBRetriever:
     """Tenant-isolated hybrid retrieval on a LanceDB folder; connects and loads the embedder on first use."""
 
     def __init__(self, path: Path, *, embedder: Embedder | None = None, nprobes: int = ANN_NPROBES,
-                 ef: int = ANN_EF) -> None:
+                 ef: int = ANN_EF, filter_indexes: bool = True) -> None:
         """``nprobes`` (IVF partitions searched) and ``ef`` (HNSW candidates) apply only once a tenant's table has
-        a vector index (large tenants, see benchmarks/retrieval_scale.py); exact search ignores them."""
+        a vector index (large tenants, see benchmarks/retrieval_scale.py); exact search ignores them.
+        ``filter_indexes=False`` builds only the full-text index, not :data:`SCALAR_INDEXES`."""
         if nprobes < 1 or ef < 1:
             raise ValueError(f"nprobes and ef must be >= 1, got {nprobes} and {ef}")
         self.path = Path(path)
         self.nprobes, self.ef = nprobes, ef
+        self.filter_indexes = filter_indexes
         self._embedder = embedder
         self._connection: lancedb.DBConnection | None = None
         self._lock = threading.RLock()
@@ -267,42 +269,52 @@ class LanceDBRetriever:
         with self._lock:
             if self._indexed.get(table.name) == table.version:
                 return
-            failed = ensure_indexes(table)
+            failed = ensure_indexes(table, filters=self.filter_indexes)
             if failed:
                 log.info("LanceDB table %s: could not build index(es) on %s; searching without them",
-                            table.name, ", ".join(failed))
+                         table.name, ", ".join(failed))
             else:
                 self._indexed[table.name] = table.version
 
 
-def ensure_indexes(table: Table) -> list[str]:
-    """Create the full-text index on ``text`` and the :data:`SCALAR_INDEXES` where missing or behind the data.
+def ensure_indexes(table: Table, *, filters: bool = True) -> list[str]:
+    """Create the full-text index on ``text`` and (``filters``) the :data:`SCALAR_INDEXES` where missing or behind
+    the data. Returns the columns whose index could not be built; see :func:`_build_full_text` for the one error."""
+    indices = {i.columns[0]: i for i in table.list_indices() if len(i.columns) == 1}
 
-    Returns the columns whose index could not be built. Only a table with no full-text index at all, which keyword
-    search cannot do without, makes a failed build an error.
-    """
-    indices = {tuple(i.columns): i for i in table.list_indices()}
-    wanted: list[tuple[str, Any, bool]] = [("text", FTS(), True), *((c, k(), False) for c, k in SCALAR_INDEXES.items())]
-    failed = []
-    for column, config, required in wanted:
-        current = indices.get((column,))
-        if current is not None and not current.num_unindexed_rows:
-            continue
-        for attempt in range(INDEX_ATTEMPTS if required and current is None else 1):
-            if attempt and any(tuple(i.columns) == (column,) for i in table.list_indices()):
-                break  # the other process built it
+    def stale(column: str) -> bool:
+        return column not in indices or bool(indices[column].num_unindexed_rows)
+
+    failed = [] if not stale("text") or _build_full_text(table, exists="text" in indices) else ["text"]
+    for column, kind in SCALAR_INDEXES.items() if filters else ():
+        if stale(column):
             try:
-                table.create_index(column, config=config, replace=True)
-                break
+                table.create_index(column, config=kind(), replace=True)
             except Exception:  # noqa: BLE001 - LanceDB raises several types; the search works without the index
-                if not (required and current is None):
-                    failed.append(column)
-                elif attempt + 1 == INDEX_ATTEMPTS:
-                    raise
-                else:  # most often a commit conflict with another process indexing the same table: try again
-                    time.sleep(0.05 * (attempt + 1))
-                    table.checkout_latest()
+                failed.append(column)
     return failed
+
+
+def _build_full_text(table: Table, *, exists: bool) -> bool:
+    """(Re)build the full-text index; False if a stale one could not be rebuilt (keyword search still works on it).
+
+    A missing one is required by keyword search: a failed build (most often a commit conflict with another process
+    indexing the same table) is tried :data:`INDEX_ATTEMPTS` times, then raised.
+    """
+    for attempt in range(1, INDEX_ATTEMPTS + 1):
+        try:
+            table.create_index("text", config=FTS(), replace=True)
+            return True
+        except Exception:  # noqa: BLE001 - as above
+            if exists:
+                return False
+            if attempt == INDEX_ATTEMPTS:
+                raise
+            time.sleep(0.05 * attempt)
+            table.checkout_latest()
+            if any(list(i.columns) == ["text"] for i in table.list_indices()):
+                return True  # the other process built it
+    return False
 
 
 def _merge_source(
