@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import random
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -47,6 +48,9 @@ class BaseModelConfig:
     learning_rate: float = field(default=3e-3, metadata={"help": "Peak AdamW learning rate (cosine decay)."})
     warmup_steps: int = field(default=40, metadata={"help": "Linear warm-up steps."})
     qa_per_chunk: int = field(default=24, metadata={"help": "Grounded QA examples generated per KB chunk."})
+    perturb_numbers: float = field(default=0.0, metadata={
+        "help": "Share of QA examples whose passages (and so answers) have their numbers replaced by random ones, "
+                "so that the model must copy figures from the passage instead of recalling them (0 = off)."})
     seed: int = field(default=1234, metadata={"help": "Seed for data generation and training."})
     threads: int = field(default=2, metadata={"help": "torch CPU threads."})
     bf16: bool = field(default=True, metadata={"help": "bf16 autocast on CPU (faster here); weights stay fp32."})
@@ -59,6 +63,8 @@ class BaseModelConfig:
                 raise ValueError(f"BaseModelConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"BaseModelConfig.hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
+        if not 0.0 <= self.perturb_numbers <= 1.0:
+            raise ValueError(f"BaseModelConfig.perturb_numbers must be in [0, 1], got {self.perturb_numbers}")
         if not 0 < self.learning_rate < 1:
             raise ValueError(f"BaseModelConfig.learning_rate must be in (0, 1), got {self.learning_rate}")
         if self.vocab_size < 300:
@@ -106,6 +112,26 @@ def _answer(passages: list[Passage], gold: int, question: str) -> str:
     return f"{text} [{n}]\nSources: [{n}]"
 
 
+_NUMBER = re.compile(r"\d+")
+
+
+def perturb_numbers(passages: list[Passage], rng: random.Random) -> list[Passage]:
+    """The passages with every number replaced by a random one of the same length (the same number gets the same
+    replacement throughout the example; years 19xx/20xx are kept, so dates stay dates)."""
+    mapping: dict[str, str] = {}
+
+    def swap(match: re.Match) -> str:
+        digits = match.group()
+        if len(digits) == 4 and digits[:2] in ("19", "20"):
+            return digits
+        if digits not in mapping:
+            first = str(rng.randint(1, 9)) if len(digits) > 1 else str(rng.randint(0, 9))
+            mapping[digits] = first + "".join(str(rng.randint(0, 9)) for _ in range(len(digits) - 1))
+        return mapping[digits]
+
+    return [p.model_copy(update={"text": _NUMBER.sub(swap, p.text)}) for p in passages]
+
+
 def build_examples(chunks: list[Chunk], cfg: BaseModelConfig) -> list[dict[str, Any]]:
     """Grounded QA examples (curriculum: one passage first, then up to three) plus plain document text."""
     rng = random.Random(cfg.seed)
@@ -117,6 +143,8 @@ def build_examples(chunks: list[Chunk], cfg: BaseModelConfig) -> list[dict[str, 
             others = rng.sample([p for j, p in enumerate(passages) if chunks[j].doc_id != chunk.doc_id], k - 1)
             gold = rng.randrange(k)
             shown = others[:gold] + [passages[index]] + others[gold:]
+            if cfg.perturb_numbers and rng.random() < cfg.perturb_numbers:
+                shown = perturb_numbers(shown, rng)
             examples.append({"kind": "qa", "k": k, "prompt": user_prompt(q, shown), "answer": _answer(shown, gold, q)})
         if rng.random() < 0.25:
             q, _ = _questions(chunk, rng, 1)[0]

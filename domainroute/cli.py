@@ -120,7 +120,8 @@ def cmd_train_base(args: argparse.Namespace) -> int:
     try:
         cfg = BaseModelConfig(steps=args.steps, hidden_size=args.hidden_size, num_layers=args.layers,
                               num_heads=args.heads, intermediate_size=args.intermediate_size, seed=args.seed,
-                              batch_size=args.batch_size, threads=args.threads, max_seq_len=args.max_seq_len)
+                              batch_size=args.batch_size, threads=args.threads, max_seq_len=args.max_seq_len,
+                              perturb_numbers=args.perturb_numbers)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     out = Path(args.out) if args.out else BUNDLED_BASE_MODEL
@@ -304,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1 is fastest on a busy 2-core machine; use all cores when idle)")
     p.add_argument("--max-seq-len", dest="max_seq_len", type=int, default=384, help="training sequence length")
+    p.add_argument("--perturb-numbers", dest="perturb_numbers", type=float, default=0.0,
+                   help="share of QA examples whose numbers are replaced by random ones, so the model learns to copy "
+                        "figures from the passage rather than recall them (default 0)")
 
     p = add("route", cmd_route, "Route queries: one QUERY, or --jsonl reads {\"query\": str} lines from stdin and "
             "writes {\"route\", \"confidence\"} lines.", "echo '{\"query\": \"hail hit my roof\"}' | domainroute route --jsonl")

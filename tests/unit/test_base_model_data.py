@@ -1,0 +1,62 @@
+"""The base model's pretraining data: number perturbation (copy-forcing) and its validation."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from domainroute.agents.base_model import BaseModelConfig, build_examples, perturb_numbers
+from domainroute.retrievers.base import Chunk
+from domainroute.schemas import Passage
+
+pytestmark = pytest.mark.unit
+
+
+def _passage(text: str, chunk_id: str = "doc@v1#000") -> Passage:
+    return Passage(chunk_id=chunk_id, doc_id="doc", title="T", text=text, line="billing", doc_type="faq",
+                   effective_date="2026-01-01", tenant="northwind")
+
+
+def test_numbers_are_replaced_consistently_and_years_kept():
+    shown = [_passage("A late fee of $20 applies after 15 days; $20 again on 2026-03-01 and in 1999."),
+             _passage("Refunds within 15 business days.", "other@v1#001")]
+    out = perturb_numbers(shown, random.Random(3))
+    first, second = out[0].text, out[1].text
+    assert first != shown[0].text
+    fee = re.search(r"\$(\d+)", first).group(1)
+    assert len(fee) == 2 and first.count(f"${fee}") == 2          # the same number, the same replacement
+    days = re.search(r"after (\d+) days", first).group(1)
+    assert f"within {days} business days" in second                # ... across the passages of one example
+    assert "2026-" in first and "in 1999" in first                  # years stay years
+    assert [p.chunk_id for p in out] == [p.chunk_id for p in shown]
+
+
+def _chunks() -> list[Chunk]:
+    from datetime import date
+
+    texts = ["Late fees\nA late fee of $20 applies after the 15-day grace period.",
+             "Refunds\nWe refund unearned premium within 10 business days of cancellation.",
+             "Towing\nTowing is covered up to 50 miles per disablement."]
+    return [Chunk(chunk_id=f"d{i}@v1#000", doc_id=f"d{i}", version=1, ordinal=0, title=f"Doc {i}",
+                  section=t.split("\n")[0], text=t,
+                  line=("billing", "billing", "auto")[i], doc_type="faq", effective_date=date(2026, 1, 1),
+                  tenant="northwind") for i, t in enumerate(texts)]
+
+
+def test_perturbation_off_by_default_and_on_changes_only_qa_passages():
+    plain = build_examples(_chunks(), BaseModelConfig(qa_per_chunk=6))
+    assert plain == build_examples(_chunks(), BaseModelConfig(qa_per_chunk=6, perturb_numbers=0.0))
+    perturbed = build_examples(_chunks(), BaseModelConfig(qa_per_chunk=6, perturb_numbers=1.0))
+    originals = {c.text for c in _chunks()}
+    qa = [e for e in perturbed if e["kind"] == "qa" and e["k"] >= 1]
+    assert qa and sum(not any(c.text.split("\n", 1)[1] in e["prompt"] for c in _chunks()) for e in qa) >= len(qa) // 2
+    for e in qa:  # the answer quotes the perturbed passage, so every number it states is in the prompt
+        assert all(n in e["prompt"] for n in re.findall(r"\d+", e["answer"].split("[")[0]))
+    assert {e["text"].split("\n", 1)[1] for e in perturbed if e["kind"] == "lm"} <= originals
+
+
+def test_bad_share_names_the_field():
+    with pytest.raises(ValueError, match="perturb_numbers"):
+        BaseModelConfig(perturb_numbers=1.5)
