@@ -96,7 +96,7 @@ def _questions(chunk: Chunk, rng: random.Random, n: int) -> list[tuple[str, str]
                 q = q.replace("my policy", f"my {chunk.line} policy")
         else:
             target = rng.choice(sents)
-            words = [w for w in content_words(target) if len(w) > 2]
+            words = sorted(w for w in content_words(target) if len(w) > 2)  # sorted: sets vary with PYTHONHASHSEED
             rng.shuffle(words)
             keys = " ".join(words[: rng.randint(2, 5)])
             q = rng.choice(["{k}?", "what about {k}", "Question on {k}.", "{k} - how does that work?",
@@ -116,8 +116,12 @@ _NUMBER = re.compile(r"\d+")
 
 
 def perturb_numbers(passages: list[Passage], rng: random.Random) -> list[Passage]:
-    """The passages with every number replaced by a random one of the same length (the same number gets the same
-    replacement throughout the example; years 19xx/20xx are kept, so dates stay dates)."""
+    """The passages with every run of digits replaced by a random one of the same length (the same digits get the
+    same replacement throughout the example). Any 4-digit 19xx/20xx is kept, so written years stay years; the month
+    and day of an ISO date are replaced like other numbers, and a leading zero is not kept.
+
+    Draws from ``rng``, the corpus generator, so a perturbed corpus also differs from the plain one in the
+    questions and passage mixes drawn after the first perturbed example."""
     mapping: dict[str, str] = {}
 
     def swap(match: re.Match) -> str:

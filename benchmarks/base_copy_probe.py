@@ -1,16 +1,19 @@
-"""How well does a base model quote the passage? Teacher-forced answer tokens of held-out grounded-QA examples.
+"""How well does a base model quote the passage? Teacher-forced answer tokens of grounded-QA examples.
 
-The examples are made exactly like the pretraining QA examples of ``domainroute train-base`` (agents/base_model.py:
-numbered passages, a question, an answer that quotes the gold passage and cites it) but with another seed, so the
-question phrasings and passage mixes are new; the documents are the same knowledge base, so a model can score well
-by memorising the documents as well as by copying from the prompt. Reported: answer-token accuracy (argmax = the
-reference token) and mean answer-token loss, for each base model folder given, side by side in one run; and the
-same on copies of the examples whose numbers are replaced by random ones (``perturb_numbers``), which memorising the
-documents cannot predict: only copying from the prompt gets those numbers right.
+The examples are made like the pretraining QA examples of ``domainroute train-base`` (agents/base_model.py: numbered
+passages, a question, an answer that quotes the gold passage and cites it) with another seed. They are not unseen
+text: the questions come from the same templates and the answers quote the same documents, so most answers (and
+some questions) appear word for word in the pretraining corpus, and a model can score well by memorising the
+documents. The "numbers perturbed" columns score the *same* examples with every number in the passages and answer
+replaced consistently by a random one (citation markers and 19xx/20xx years kept): memorisation cannot predict
+those, only copying from the prompt can. Reported per base model folder, side by side in one run: accuracy (argmax =
+the reference token) and mean loss over all answer tokens, and accuracy over the answer tokens that contain a digit
+(numbers; citation markers excluded). Examples longer than 384 tokens are cut from the left, as in training.
 
 With ``--adapter`` (one per ``--base``, trained on that base) it also scores, on a domain's validation split of the
 adapter data (never test), the base alone and base + adapter with free greedy decoding, through the same code as
-``domainroute adapters eval`` (adapters/evaluate.run_condition): terminology, ROUGE-L, faithfulness, states figures.
+``domainroute adapters eval`` (adapters/evaluate.run_condition): terminology, ROUGE-L, faithfulness, the share of
+answers stating a figure, and faithfulness among those (an answer with no figure is faithful by default).
 
 Run:  .venv/bin/python benchmarks/base_copy_probe.py [--base DIR [--adapter DIR]] ... [--domain billing] [--n 240]
 """
@@ -19,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -27,33 +32,58 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
+PACK = ROOT / "domainroute/packs/insurance"  # the adapter data and knowledge base of the bundled pack
 
 
-def held_out_examples(kb_dir: Path, n: int, seed: int, *, perturbed: bool = False) -> list[dict]:
+_NUMBER_OR_CITATION = re.compile(r"\[\d+\]|\d+")
+
+
+def perturbed_copy(example: dict, rng: random.Random) -> dict:
+    """The example with every number in its prompt and answer replaced consistently (citation markers such as [2]
+    and 19xx/20xx years kept), so the answer still quotes the (perturbed) passage."""
+    mapping: dict[str, str] = {}
+
+    def swap(match: re.Match) -> str:
+        digits = match.group()
+        if digits.startswith("[") or (len(digits) == 4 and digits[:2] in ("19", "20")):
+            return digits
+        if digits not in mapping:
+            first = str(rng.randint(1, 9)) if len(digits) > 1 else str(rng.randint(0, 9))
+            mapping[digits] = first + "".join(str(rng.randint(0, 9)) for _ in range(len(digits) - 1))
+        return mapping[digits]
+
+    return {**example, "prompt": _NUMBER_OR_CITATION.sub(swap, example["prompt"]),
+            "answer": _NUMBER_OR_CITATION.sub(swap, example["answer"])}
+
+
+def held_out_examples(kb_dir: Path, n: int, seed: int) -> list[dict]:
     from domainroute.agents.base_model import BaseModelConfig, build_examples
     from domainroute.retrievers.ingest import load_chunks
 
-    cfg = BaseModelConfig(qa_per_chunk=2, seed=seed, perturb_numbers=1.0 if perturbed else 0.0)
-    examples = build_examples(load_chunks(kb_dir), cfg)
+    examples = build_examples(load_chunks(kb_dir), BaseModelConfig(qa_per_chunk=2, seed=seed))
     return [e for e in examples if e["kind"] == "qa" and e["k"] >= 2][:n]
 
 
 def probe(base: Path, examples: list[dict], *, batch_size: int = 24) -> dict[str, float]:
     import torch
-    from transformers import AutoTokenizer, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from domainroute.agents.base_model import _encode
 
     tokenizer = AutoTokenizer.from_pretrained(base)
-    model = LlamaForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded = [_encode(e, tokenizer, 384) for e in examples]
-    right = total = 0
+    # answer tokens that carry a number (a digit, and not the n of a citation marker "[n]")
+    pieces = [tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))]
+    digit_token = torch.tensor([any(ch.isdigit() for ch in (t or "")) for t in pieces[0]])
+    right = total = number_right = numbers = 0
     nll = 0.0
     with torch.no_grad():
         for i in range(0, len(encoded), batch_size):
             batch = encoded[i: i + batch_size]
             width = max(len(ids) for ids, _ in batch)
-            ids = torch.full((len(batch), width), tokenizer.pad_token_id)
+            ids = torch.full((len(batch), width), pad)
             labels = torch.full((len(batch), width), -100)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
             for row, (a, b) in enumerate(batch):
@@ -61,11 +91,19 @@ def probe(base: Path, examples: list[dict], *, batch_size: int = 24) -> dict[str
             logits = model(input_ids=ids, attention_mask=mask).logits.float()[:, :-1]
             target = labels[:, 1:]
             keep = target != -100
-            right += int(((logits.argmax(-1) == target) & keep).sum())
+            hit = (logits.argmax(-1) == target) & keep
+            right += int(hit.sum())
             total += int(keep.sum())
+            previous = ids[:, :-1]
+            after_bracket = torch.tensor([[(t or "").endswith("[") for t in tokenizer.convert_ids_to_tokens(row)]
+                                          for row in previous.tolist()])
+            is_number = keep & digit_token[target.clamp(min=0)] & ~after_bracket
+            number_right += int((hit & is_number).sum())
+            numbers += int(is_number.sum())
             nll += float(torch.nn.functional.cross_entropy(logits[keep], target[keep], reduction="sum"))
     return {"answer_token_accuracy": round(right / total, 3), "answer_token_loss": round(nll / total, 3),
-            "answer_tokens": total}
+            "number_token_accuracy": round(number_right / numbers, 3) if numbers else 0.0,
+            "answer_tokens": total, "number_tokens": numbers}
 
 
 def adapter_rows(base: Path, adapter: Path, domain: str, threads: int) -> list[tuple[str, dict]]:
@@ -73,10 +111,9 @@ def adapter_rows(base: Path, adapter: Path, domain: str, threads: int) -> list[t
     from domainroute.adapters.evaluate import _chunks, run_condition
     from domainroute.agents.local_engine import LocalChatModel
 
-    pack = ROOT / "domainroute/packs/insurance"
     engine = LocalChatModel(model_path=base, adapters={"probe": adapter}, torch_threads=threads)
-    examples = load_examples(data_path(pack / "adapters/data", domain), "validation")
-    chunks = _chunks(pack / "kb")
+    examples = load_examples(data_path(PACK / "adapters/data", domain), "validation")
+    chunks = _chunks(PACK / "kb")
     return [(name, run_condition(engine, domain, examples, chunks, adapter_id=aid, condition=name).summary())
             for name, aid in (("base", None), ("base + adapter", "probe"))]
 
@@ -88,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--adapter", action="append", type=Path,
                         help="adapter folder trained on the matching --base (give one per --base, in order)")
     parser.add_argument("--domain", default="billing", help="the adapters' domain (default billing)")
-    parser.add_argument("--kb", type=Path, default=ROOT / "domainroute/packs/insurance/kb")
+    parser.add_argument("--kb", type=Path, default=PACK / "kb", help="knowledge base of the QA examples")
     parser.add_argument("--n", type=int, default=240, help="held-out examples (default 240)")
     parser.add_argument("--seed", type=int, default=99, help="seed of the held-out examples (pretraining uses 1234)")
     parser.add_argument("--threads", type=int, default=2)
@@ -101,28 +138,44 @@ def main(argv: list[str] | None = None) -> int:
         if not (base / "config.json").exists():
             print(f"error: {base} is not a model folder (no config.json)", file=sys.stderr)
             return 2
-    if args.adapter and len(args.adapter) != len(bases):
-        print("error: give one --adapter per --base, in the same order", file=sys.stderr)
+    if args.n < 1:
+        print("error: --n must be at least 1", file=sys.stderr)
         return 2
+    if args.adapter:
+        if len(args.adapter) != len(bases):
+            print("error: give one --adapter per --base, in the same order", file=sys.stderr)
+            return 2
+        for adapter in args.adapter:
+            if not (adapter / "adapter_config.json").exists():
+                print(f"error: {adapter} is not an adapter folder (no adapter_config.json)", file=sys.stderr)
+                return 2
+        if not (PACK / "adapters/data" / f"{args.domain}.jsonl").exists():
+            print(f"error: no adapter data for domain {args.domain!r} in {PACK / 'adapters/data'}", file=sys.stderr)
+            return 2
     examples = held_out_examples(args.kb, args.n, args.seed)
-    perturbed = held_out_examples(args.kb, args.n, args.seed, perturbed=True)
-    print(f"{len(examples)} held-out QA examples (seed {args.seed}, 2-3 passages each)\n")
-    print("| base model | answer-token accuracy | answer-token loss | numbers perturbed: accuracy | loss | seconds |")
-    print("|---|---:|---:|---:|---:|---:|")
+    rng = random.Random(args.seed)
+    perturbed = [perturbed_copy(e, rng) for e in examples]
+    print(f"{len(examples)} QA examples (seed {args.seed}, 2-3 passages each); the same examples with numbers perturbed\n")
+    print("| base model | answer-token accuracy | loss | number-token accuracy | numbers perturbed: answer-token "
+          "accuracy | loss | number-token accuracy | seconds |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for base in bases:
         start = time.perf_counter()
         plain, other = probe(base, examples), probe(base, perturbed)
         print(f"| {base} | {plain['answer_token_accuracy']:.3f} | {plain['answer_token_loss']:.3f} | "
-              f"{other['answer_token_accuracy']:.3f} | {other['answer_token_loss']:.3f} | "
+              f"{plain['number_token_accuracy']:.3f} | {other['answer_token_accuracy']:.3f} | "
+              f"{other['answer_token_loss']:.3f} | {other['number_token_accuracy']:.3f} | "
               f"{time.perf_counter() - start:.1f} |")
     if args.adapter:
         print(f"\n{args.domain} validation split, free greedy decoding\n")
-        print("| base model | condition | n | compliance | terminology | ROUGE-L | faithfulness | states figures |")
-        print("|---|---|---:|---:|---:|---:|---:|---:|")
+        print("| base model | condition | n | compliance | terminology | ROUGE-L | faithfulness | states figures | "
+              "faithful when stating figures |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
         for base, adapter in zip(bases, args.adapter, strict=True):
             for name, r in adapter_rows(base, adapter, args.domain, args.threads):
                 print(f"| {base} | {name} | {r['n']} | {r['compliance']:.3f} | {r['terminology']:.3f} | "
-                      f"{r['rouge_l']:.3f} | {r['faithfulness']:.3f} | {r['states_figures']:.3f} |")
+                      f"{r['rouge_l']:.3f} | {r['faithfulness']:.3f} | {r['states_figures']:.3f} | "
+                      f"{r['faithful_with_figures']:.3f} |")
     return 0
 
 

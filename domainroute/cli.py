@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seq-len", dest="max_seq_len", type=int, default=384, help="training sequence length")
     p.add_argument("--perturb-numbers", dest="perturb_numbers", type=float, default=0.0,
                    help="share of QA examples whose numbers are replaced by random ones, so the model learns to copy "
-                        "figures from the passage rather than recall them (default 0)")
+                        "figures from the passage rather than recall them (0 to 1, default 0)")
 
     p = add("route", cmd_route, "Route queries: one QUERY, or --jsonl reads {\"query\": str} lines from stdin and "
             "writes {\"route\", \"confidence\"} lines.", "echo '{\"query\": \"hail hit my roof\"}' | domainroute route --jsonl")
