@@ -6,7 +6,8 @@ text: the questions come from the same templates and the answers quote the same 
 some questions) appear word for word in the pretraining corpus, and a model can score well by memorising the
 documents. The "numbers perturbed" columns score the *same* examples with every number in the passages and answer
 replaced consistently by a random one (citation markers and 19xx/20xx years kept): memorisation cannot predict
-those, only copying from the prompt can. Reported per base model folder, side by side in one run: accuracy (argmax =
+those, only copying from the prompt can (except the kept years and the few numbers a random draw leaves
+unchanged: about 3 % of their number tokens, a floor that memorising alone reaches). Reported per base model folder, side by side in one run: accuracy (argmax =
 the reference token) and mean loss over all answer tokens, and accuracy over the answer tokens that contain a digit
 (numbers; citation markers excluded). Examples longer than 384 tokens are cut from the left, as in training.
 

@@ -36,9 +36,10 @@ def test_numbers_are_replaced_consistently_and_years_kept():
 def _chunks() -> list[Chunk]:
     from datetime import date
 
-    texts = ["Late fees\nA late fee of $20 applies after the 15-day grace period.",
-             "Refunds\nWe refund unearned premium within 10 business days of cancellation.",
-             "Towing\nTowing is covered up to 50 miles per disablement."]
+    # 3-digit non-year numbers: a random replacement equals the original only 1 time in 900
+    texts = ["Late fees\nA late fee of $125 applies after the 115-day grace period.",
+             "Refunds\nWe refund unearned premium within 310 business days of cancellation.",
+             "Towing\nTowing is covered up to 150 miles per disablement."]
     return [Chunk(chunk_id=f"d{i}@v1#000", doc_id=f"d{i}", version=1, ordinal=0, title=f"Doc {i}",
                   section=t.split("\n")[0], text=t,
                   line=("billing", "billing", "auto")[i], doc_type="faq", effective_date=date(2026, 1, 1),
@@ -47,7 +48,7 @@ def _chunks() -> list[Chunk]:
 
 # The plain corpus of the fixture, frozen: a change to the default corpus (e.g. the perturbation drawing from the
 # generator when it is off) changes this. Regenerate only for an intended change of the pretraining data.
-PLAIN_FIXTURE_SHA256 = "6d3a39b7069ea31930482dac432586db36097a2245e4e71f3831c3886b069d2d"
+PLAIN_FIXTURE_SHA256 = "08915e268372d5eeb9a7c4058234e75fb5ef2f388c04f6e1affe14267726b485"
 
 
 def test_perturbation_off_by_default_leaves_the_corpus_unchanged():
@@ -81,3 +82,29 @@ def test_partial_share_perturbs_some_qa_examples():
 def test_bad_share_names_the_field():
     with pytest.raises(ValueError, match="perturb_numbers"):
         BaseModelConfig(perturb_numbers=1.5)
+
+
+def _probe_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "base_copy_probe.py"
+    spec = importlib.util.spec_from_file_location("base_copy_probe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_probe_perturbs_prompt_and_answer_alike_and_keeps_markers_and_years():
+    probe = _probe_module()
+    example = {"kind": "qa", "k": 2,
+               "prompt": "Passages:\n[1] Fees\nA fee of $125 applies after 115 days since 2026.\n[2] Other\nUp to 150 miles."
+                         "\nQuestion: what is the fee?",
+               "answer": "A fee of $125 applies after 115 days since 2026. [1]\nSources: [1]"}
+    out = probe.perturbed_copy(example, random.Random(5))
+    fee, days = re.search(r"\$(\d+) applies after (\d+) days", out["answer"]).groups()
+    assert (fee, days) != ("125", "115") and len(fee) == len(days) == 3
+    assert f"${fee} applies after {days} days since 2026." in out["prompt"]   # the same mapping in prompt and answer
+    assert "[1] Fees" in out["prompt"] and "[2] Other" in out["prompt"]       # citation markers kept
+    assert out["answer"].endswith("[1]\nSources: [1]")
+    assert "150 miles" not in out["prompt"]
