@@ -15,6 +15,7 @@ import math
 import random
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -112,28 +113,35 @@ def _answer(passages: list[Passage], gold: int, question: str) -> str:
     return f"{text} [{n}]\nSources: [{n}]"
 
 
-_NUMBER = re.compile(r"\d+")
+_NUMBER_OR_CITATION = re.compile(r"\[\d+\]|\d+")
 
 
-def perturb_numbers(passages: list[Passage], rng: random.Random) -> list[Passage]:
-    """The passages with every run of digits replaced by a random one of the same length (the same digits get the
-    same replacement throughout the example). Any 4-digit 19xx/20xx is kept, so written years stay years; the month
-    and day of an ISO date are replaced like other numbers, and a leading zero is not kept.
-
-    Draws from ``rng``, the corpus generator, so a perturbed corpus also differs from the plain one in the
-    questions and passage mixes drawn after the first perturbed example."""
+def number_perturber(rng: random.Random) -> Callable[[str], str]:
+    """A function for one example: it replaces every run of digits in the texts it is given by a random one of the
+    same length, the same digits by the same replacement in every text of the example. Citation markers ``[n]`` and
+    any 4-digit 19xx/20xx are kept, so citations stay valid and written years stay years; the month and day of an
+    ISO date are replaced like other numbers, and a leading zero is not kept."""
     mapping: dict[str, str] = {}
 
     def swap(match: re.Match) -> str:
         digits = match.group()
-        if len(digits) == 4 and digits[:2] in ("19", "20"):
+        if digits.startswith("[") or (len(digits) == 4 and digits[:2] in ("19", "20")):
             return digits
         if digits not in mapping:
             first = str(rng.randint(1, 9)) if len(digits) > 1 else str(rng.randint(0, 9))
             mapping[digits] = first + "".join(str(rng.randint(0, 9)) for _ in range(len(digits) - 1))
         return mapping[digits]
 
-    return [p.model_copy(update={"text": _NUMBER.sub(swap, p.text)}) for p in passages]
+    return lambda text: _NUMBER_OR_CITATION.sub(swap, text)
+
+
+def perturb_numbers(passages: list[Passage], rng: random.Random) -> list[Passage]:
+    """The passages with their numbers replaced as ``number_perturber`` does, consistently across the passages.
+
+    Draws from ``rng``, the corpus generator, so a perturbed corpus also differs from the plain one in the
+    questions and passage mixes drawn after the first perturbed example."""
+    perturb = number_perturber(rng)
+    return [p.model_copy(update={"text": perturb(p.text)}) for p in passages]
 
 
 def build_examples(chunks: list[Chunk], cfg: BaseModelConfig) -> list[dict[str, Any]]:

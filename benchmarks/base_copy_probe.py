@@ -7,13 +7,13 @@ some questions) appear word for word in the pretraining corpus, and a model can 
 documents. The "numbers perturbed" columns score the *same* examples with every number in the passages and answer
 replaced consistently by a random one (citation markers and 19xx/20xx years kept): memorisation cannot predict
 those, only copying from the prompt can (except the kept years and the few numbers a random draw leaves
-unchanged: about 3 % of their number tokens, a floor that memorising alone reaches). Reported per base model folder, side by side in one run: accuracy (argmax =
-the reference token) and mean loss over all answer tokens, and accuracy over the answer tokens that contain a digit
-(numbers; citation markers excluded). Examples longer than 384 tokens are cut from the left, as in training.
+unchanged: about 3 % of their number tokens, a floor that memorising alone reaches). Reported per base model
+folder, side by side in one run: accuracy (argmax = the reference token) and mean loss over all answer tokens, and
+accuracy over the answer tokens that contain a digit (numbers; citation markers excluded). Examples longer than 384 tokens are cut from the left, as in training.
 
 With ``--adapter`` (one per ``--base``, trained on that base) it also scores, on a domain's validation split of the
 adapter data (never test), the base alone and base + adapter with free greedy decoding, through the same code as
-``domainroute adapters eval`` (adapters/evaluate.run_condition): terminology, ROUGE-L, faithfulness, the share of
+``domainroute adapters eval`` (adapters/evaluate.evaluate_split): terminology, ROUGE-L, faithfulness, the share of
 answers stating a figure, and faithfulness among those (an answer with no figure is faithful by default).
 
 Run:  .venv/bin/python benchmarks/base_copy_probe.py [--base DIR [--adapter DIR]] ... [--domain billing] [--n 240]
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import re
 import sys
 import time
 from pathlib import Path
@@ -36,28 +35,16 @@ ROOT = Path(__file__).resolve().parents[1]
 PACK = ROOT / "domainroute/packs/insurance"  # the adapter data and knowledge base of the bundled pack
 
 
-_NUMBER_OR_CITATION = re.compile(r"\[\d+\]|\d+")
-
-
 def perturbed_copy(example: dict, rng: random.Random) -> dict:
-    """The example with every number in its prompt and answer replaced consistently (citation markers such as [2]
-    and 19xx/20xx years kept), so the answer still quotes the (perturbed) passage."""
-    mapping: dict[str, str] = {}
+    """The example with the numbers of its prompt and answer replaced consistently (``number_perturber``: citation
+    markers and 19xx/20xx years kept), so the answer still quotes the (perturbed) passage."""
+    from domainroute.agents.base_model import number_perturber
 
-    def swap(match: re.Match) -> str:
-        digits = match.group()
-        if digits.startswith("[") or (len(digits) == 4 and digits[:2] in ("19", "20")):
-            return digits
-        if digits not in mapping:
-            first = str(rng.randint(1, 9)) if len(digits) > 1 else str(rng.randint(0, 9))
-            mapping[digits] = first + "".join(str(rng.randint(0, 9)) for _ in range(len(digits) - 1))
-        return mapping[digits]
-
-    return {**example, "prompt": _NUMBER_OR_CITATION.sub(swap, example["prompt"]),
-            "answer": _NUMBER_OR_CITATION.sub(swap, example["answer"])}
+    perturb = number_perturber(rng)
+    return {**example, "prompt": perturb(example["prompt"]), "answer": perturb(example["answer"])}
 
 
-def held_out_examples(kb_dir: Path, n: int, seed: int) -> list[dict]:
+def qa_examples(kb_dir: Path, n: int, seed: int) -> list[dict]:
     from domainroute.agents.base_model import BaseModelConfig, build_examples
     from domainroute.retrievers.ingest import load_chunks
 
@@ -75,9 +62,10 @@ def probe(base: Path, examples: list[dict], *, batch_size: int = 24) -> dict[str
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded = [_encode(e, tokenizer, 384) for e in examples]
-    # answer tokens that carry a number (a digit, and not the n of a citation marker "[n]")
-    pieces = [tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))]
-    digit_token = torch.tensor([any(ch.isdigit() for ch in (t or "")) for t in pieces[0]])
+    # answer tokens that carry a number: a digit, and not the n of a citation marker "[n]" (after a "[" token)
+    vocabulary = [t or "" for t in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))]
+    digit_token = torch.tensor([any(ch.isdigit() for ch in t) for t in vocabulary])
+    bracket_token = torch.tensor([t.endswith("[") for t in vocabulary])
     right = total = number_right = numbers = 0
     nll = 0.0
     with torch.no_grad():
@@ -95,10 +83,7 @@ def probe(base: Path, examples: list[dict], *, batch_size: int = 24) -> dict[str
             hit = (logits.argmax(-1) == target) & keep
             right += int(hit.sum())
             total += int(keep.sum())
-            previous = ids[:, :-1]
-            after_bracket = torch.tensor([[(t or "").endswith("[") for t in tokenizer.convert_ids_to_tokens(row)]
-                                          for row in previous.tolist()])
-            is_number = keep & digit_token[target.clamp(min=0)] & ~after_bracket
+            is_number = keep & digit_token[target.clamp(min=0)] & ~bracket_token[ids[:, :-1]]
             number_right += int((hit & is_number).sum())
             numbers += int(is_number.sum())
             nll += float(torch.nn.functional.cross_entropy(logits[keep], target[keep], reduction="sum"))
@@ -108,14 +93,11 @@ def probe(base: Path, examples: list[dict], *, batch_size: int = 24) -> dict[str
 
 
 def adapter_rows(base: Path, adapter: Path, domain: str, threads: int) -> list[tuple[str, dict]]:
-    from domainroute.adapters.dataset import data_path, load_examples
-    from domainroute.adapters.evaluate import _chunks, run_condition
-    from domainroute.agents.local_engine import LocalChatModel
+    from domainroute.adapters.dataset import data_path
+    from domainroute.adapters.evaluate import evaluate_split
 
-    engine = LocalChatModel(model_path=base, adapters={"probe": adapter}, torch_threads=threads)
-    examples = load_examples(data_path(PACK / "adapters/data", domain), "validation")
-    chunks = _chunks(PACK / "kb")
-    return [(name, run_condition(engine, domain, examples, chunks, adapter_id=aid, condition=name).summary())
+    return [(name, evaluate_split(domain, base, data_path(PACK / "adapters/data", domain), adapters={"probe": adapter},
+                                  adapter_id=aid, kb_dir=PACK / "kb", split="validation", threads=threads))
             for name, aid in (("base", None), ("base + adapter", "probe"))]
 
 
@@ -127,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="adapter folder trained on the matching --base (give one per --base, in order)")
     parser.add_argument("--domain", default="billing", help="the adapters' domain (default billing)")
     parser.add_argument("--kb", type=Path, default=PACK / "kb", help="knowledge base of the QA examples")
-    parser.add_argument("--n", type=int, default=240, help="held-out examples (default 240)")
-    parser.add_argument("--seed", type=int, default=99, help="seed of the held-out examples (pretraining uses 1234)")
+    parser.add_argument("--n", type=int, default=240, help="QA examples (default 240)")
+    parser.add_argument("--seed", type=int, default=99, help="seed of the QA examples (pretraining uses 1234)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     import torch
@@ -153,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (PACK / "adapters/data" / f"{args.domain}.jsonl").exists():
             print(f"error: no adapter data for domain {args.domain!r} in {PACK / 'adapters/data'}", file=sys.stderr)
             return 2
-    examples = held_out_examples(args.kb, args.n, args.seed)
+    examples = qa_examples(args.kb, args.n, args.seed)
     rng = random.Random(args.seed)
     perturbed = [perturbed_copy(e, rng) for e in examples]
     print(f"{len(examples)} QA examples (seed {args.seed}, 2-3 passages each); the same examples with numbers perturbed\n")
