@@ -13,8 +13,9 @@ passages + question) and answers greedily. Each answer is scored (``adapters/tem
 Conditions: ``base``, ``own`` (the domain's adapter, free decoding: what the adapter itself learned), ``own+copy``
 (the same adapter with copy-constrained decoding, ``agents/copy_constraint.py``: figures only as the passages state
 them, citations to a passage that states the line's facts; the graph's engine with DOMAINROUTE_COPY_NUMBERS=true),
-``base+copy`` (the base model with the same constraint, so the adapter is compared like with like) and ``wrong``
-(another domain's adapter).
+``base+copy`` (the base model with the same constraint, so the adapter is compared like with like), ``own+quote``
+and ``base+quote`` (the copy constraint plus the quote constraint: the house format's quoted line must be a sentence
+the prompt shows, verbatim, cited to its passage; ``QuoteProcessor``) and ``wrong`` (another domain's adapter).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from domainroute.adapters.dataset import data_path, load_examples, passages_for
+from domainroute.adapters.dataset import data_path, load_examples, passages_for, quotable
 from domainroute.adapters.templates import DOMAINS, citation_faithful, facts, house_format, rouge_l, terminology
 from domainroute.graphs.prompts import SYSTEM_PROMPT, user_prompt
 
@@ -36,12 +37,16 @@ OWN_COPY = "own+copy"
 """The own adapter with copy-constrained decoding (agents/copy_constraint.py): the engine with copy_numbers on."""
 BASE_COPY = "base+copy"
 """The base model with the same copy-constrained decoding."""
+OWN_QUOTE = "own+quote"
+"""The own adapter with copy-constrained decoding and quoted template lines (agents/copy_constraint.QuoteProcessor)."""
+BASE_QUOTE = "base+quote"
+"""The base model with the same two constraints (it rarely writes a quoted line's label, so it is rarely quoted)."""
 
 
 @dataclass
 class ConditionResult:
     domain: str
-    condition: str  # base | own | own+copy | base+copy | wrong
+    condition: str  # base | own | own+copy | base+copy | own+quote | base+quote | wrong
     adapter_id: str | None
     n: int
     compliance: float
@@ -83,6 +88,7 @@ def run_condition(
     max_new_tokens: int = 120,
     progress: bool = False,
     copy_numbers: bool = False,
+    quote_labels: Sequence[str] = (),
 ) -> ConditionResult:
     """Answer every example with ``engine`` (a LocalChatModel) and ``adapter_id``; score the answers."""
     from langchain_core.messages import HumanMessage, SystemMessage
@@ -100,8 +106,10 @@ def run_condition(
         chunk = prepared[i: i + batch_size]
         start = time.perf_counter()
         sources = [[p.text for p in passages] for _, passages, _ in chunk] if copy_numbers else None
+        quotes = [quotable(example["query"], passages) for example, passages, _ in chunk] if quote_labels else None
         texts = engine.generate_texts([p for _, _, p in chunk], adapter_ids=[adapter_id] * len(chunk),
-                                      max_new_tokens=max_new_tokens, copy_sources=sources)
+                                      max_new_tokens=max_new_tokens, copy_sources=sources, quotes=quotes,
+                                      quote_labels=quote_labels)
         seconds += time.perf_counter() - start
         for (example, passages, _), text in zip(chunk, texts, strict=True):
             generated += len(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -181,24 +189,31 @@ def evaluate_all(
     results = []
     for domain in domains:
         examples = load_examples(data_path(data_dir, domain), split)[:limit]
-        for condition, adapter_id in (("base", None), ("own", f"insurance-{domain}"), (BASE_COPY, None),
-                                      (OWN_COPY, f"insurance-{domain}"),
+        own = f"insurance-{domain}"
+        for condition, adapter_id in (("base", None), ("own", own), (BASE_COPY, None), (OWN_COPY, own),
+                                      (BASE_QUOTE, None), (OWN_QUOTE, own),
                                       ("wrong", f"insurance-{WRONG_ADAPTER[domain]}")):
+            quoting = condition in (OWN_QUOTE, BASE_QUOTE)
             results.append(run_condition(engine, domain, examples, chunks_by_id, adapter_id=adapter_id,
                                          condition=condition, max_new_tokens=max_new_tokens, progress=progress,
-                                         copy_numbers=condition in (OWN_COPY, BASE_COPY)))
+                                         copy_numbers=condition in (OWN_COPY, BASE_COPY) or quoting,
+                                         quote_labels=house_format(domain).quote_labels if quoting else ()))
     return results
 
 
-def beats_base(results: Sequence[ConditionResult], *, own: str = "own", base: str = "base") -> dict[str, bool]:
+def beats_base(results: Sequence[ConditionResult], *, own: str = "own", base: str = "base",
+               ceiling_ties: bool = False) -> dict[str, bool]:
     """Per domain: does the own adapter beat the base model on all four quality figures? (``own``/``base`` name
-    the two conditions compared: ``own``/``base`` with free decoding, ``own+copy``/``base+copy`` constrained.)"""
+    the two conditions compared: ``own``/``base`` with free decoding, ``own+copy``/``base+copy`` or
+    ``own+quote``/``base+quote`` constrained.) A tie is not a win, also at 1.00, unless ``ceiling_ties``: then a tie
+    at 1.00 (nothing left to beat) counts, and every other figure must still be higher."""
     by = {(r.domain, r.condition): r for r in results}
     out = {}
     for domain in sorted({r.domain for r in results}):
         mine, theirs = by.get((domain, own)), by.get((domain, base))
         if mine and theirs:
-            out[domain] = all(getattr(mine, m) > getattr(theirs, m) for m in METRICS)
+            out[domain] = all(getattr(mine, m) > getattr(theirs, m)
+                              or (ceiling_ties and getattr(mine, m) == getattr(theirs, m) == 1.0) for m in METRICS)
     return out
 
 

@@ -36,6 +36,9 @@ class HouseFormat:
     domain: str
     sections: tuple[Section, ...]
     terms: tuple[str, ...]  # the domain's vocabulary; an answer is scored on the ones its reference uses
+    # lines that quote one sentence of a passage and cite it (``Due date: <sentence> [n]``), named by how they
+    # start; the quote constraint (agents/copy_constraint.QuoteProcessor) makes such a line a verbatim quote
+    quote_labels: tuple[str, ...] = ()
 
     def missing(self, answer: str) -> list[str]:
         """Names of the required sections the answer lacks (empty = compliant)."""
@@ -59,6 +62,7 @@ HOUSE_FORMATS: dict[str, HouseFormat] = {
         ("collision", "comprehensive", "liability", "uninsured motorist", "rental", "roadside", "towing",
          "deductible", "claim", "police report", "photos", "repair estimate", "repair shop", "adjuster",
          "total loss", "proof of loss", "declarations page", "covered auto", "glass", "theft"),
+        quote_labels=("1.",),
     ),
     "home": HouseFormat(
         "home",
@@ -70,6 +74,7 @@ HOUSE_FORMATS: dict[str, HouseFormat] = {
         ("dwelling", "other structures", "personal property", "loss of use", "additional living expense",
          "personal liability", "water damage", "deductible", "claim", "mitigation", "contractor", "inventory",
          "proof of loss", "adjuster", "receipts", "photos", "temporary housing", "estimate"),
+        quote_labels=("1.",),
     ),
     "health": HouseFormat(
         "health",
@@ -83,6 +88,7 @@ HOUSE_FORMATS: dict[str, HouseFormat] = {
         ("EOB", "prior authorization", "in-network", "out-of-network", "deductible", "copay", "coinsurance",
          "out-of-pocket maximum", "allowed amount", "appeal", "provider", "claim", "formulary",
          "preventive", "denial", "cost share"),
+        quote_labels=("Plan rule:",),
     ),
     "billing": HouseFormat(
         "billing",
@@ -94,6 +100,7 @@ HOUSE_FORMATS: dict[str, HouseFormat] = {
         ("premium", "grace period", "late fee", "installment", "autopay", "refund", "bill",
          "billing account", "payment plan", "returned payment", "cancellation", "reinstatement", "discount",
          "invoice", "statement", "amount due", "business days", "calendar days"),
+        quote_labels=("Due date:", "Timeline:"),
     ),
 }
 

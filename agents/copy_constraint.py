@@ -13,10 +13,14 @@ must be ones a passage states: "30" may be a passage number, but "30 days" only 
 "January 1" only if a passage gives that date. A fact is checked when the token that writes or closes it is
 chosen: the highest-scoring candidates are tried in order and those that would state an unsupported fact are
 banned, which is exact for greedy decoding (what the engine does). A citation on a line that states no fact
-itself (``Sources: [``) must name a passage stating the answer's facts that no cited passage states yet.
+itself (``Sources: [``) must name a passage stating the answer's facts that no cited passage states yet, or, when
+there is none, a passage the answer already cites.
 
 It constrains *which* figures appear, not *which passage* states them or whether the sentence is right: the
 grounding node still checks every answer. Works with any tokenizer (tokens are decoded once, up front).
+
+``QuoteProcessor`` goes one step further for the house format's quoted line (``Due date: <sentence> [n]``): the
+sentence must be one the prompt shows, verbatim, cited to its own passage; the model only chooses which.
 """
 
 from __future__ import annotations
@@ -94,6 +98,9 @@ class NumberCopyProcessor(LogitsProcessor):
                     cited = [n for n in cited_numbers(before) if 1 <= n <= len(self.per_passage[row])]
                     covered = set().union(*(self.per_passage[row][n - 1] for n in cited))
                     stated = facts(_MARKER.sub("", before)) - covered
+                    if not stated and cited:  # nothing left to source: name a passage the answer already cites
+                        self._cite_memo[(row, before)] = frozenset(str(n) for n in cited)
+                        return self._cite_memo[(row, before)]
                 overlap = [len(stated & known) for known in self.per_passage[row]]
                 best = max(overlap, default=0)  # every fact if one passage states them all, else the most
                 fitting = frozenset(str(i + 1) for i, n in enumerate(overlap) if n == best and best > 0)
@@ -190,4 +197,53 @@ class NumberCopyProcessor(LogitsProcessor):
                 continue
             scores[row, banned] = float("-inf")
             self._guard_facts(row, text, scores[row])
+        return scores
+
+
+class QuoteProcessor(LogitsProcessor):
+    """Quoted lines: on a line that opens with one of ``labels`` (``Due date:``, ``Plan rule:``), the rest of the
+    line must be one of the row's quotable sentences followed by `` [n]``, n the passage that shows it.
+
+    ``quotes[b]``: (passage number, sentence) pairs of row ``b``, the sentences exactly as its prompt shows them.
+    The model still chooses which sentence (greedily, token by token); it cannot change one. A line already past
+    its quote (or one that left every sentence, which the constraint prevents unless no allowed token had a
+    finite score) is not constrained further.
+    """
+
+    def __init__(self, tokenizer, quotes: Sequence[Sequence[tuple[int, str]]], labels: Sequence[str],
+                 prompt_width: int):
+        self.tokenizer = tokenizer
+        self.prompt_width = prompt_width
+        self.labels = tuple(labels)
+        self.targets = [sorted({f" {s} [{n}]" for n, s in row}) for row in quotes]
+        self._first: dict[str, int | None] = {}
+        self.relaxed = 0
+
+    def _next_token(self, rest: str) -> int | None:
+        """The first token of the tokenizer's own encoding of ``rest``: the quote is written in as few tokens as
+        the tokenizer would use, not spelled out in one-character pieces the model might score higher."""
+        if rest not in self._first:
+            ids = self.tokenizer(rest, add_special_tokens=False)["input_ids"]
+            self._first[rest] = ids[0] if ids else None
+        return self._first[rest]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for row in range(input_ids.shape[0]):
+            text = self.tokenizer.decode(input_ids[row, self.prompt_width:], skip_special_tokens=True)
+            line = text.rsplit("\n", 1)[-1]
+            label = next((lab for lab in self.labels if line.startswith(lab)), None)
+            if label is None:
+                continue
+            body = line[len(label):]
+            rests = [t[len(body):] for t in self.targets[row] if t.startswith(body) and len(t) > len(body)]
+            if not rests:
+                continue
+            allowed = {self._next_token(rest) for rest in rests} - {None}
+            ids = torch.tensor(sorted(allowed), dtype=torch.long)
+            if not ids.numel() or not bool(torch.isfinite(scores[row, ids]).any()):
+                self.relaxed += 1
+                continue
+            keep = scores[row, ids].clone()
+            scores[row, :] = float("-inf")
+            scores[row, ids] = keep
         return scores

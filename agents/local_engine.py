@@ -58,7 +58,8 @@ class LocalChatModel(BaseChatModel):
     torch_threads: int = Field(2, ge=1)
     repetition_penalty: float = Field(1.2, ge=1.0, description="1.0 = off; breaks the small model's loops (it also penalises copying)")
     copy_numbers: bool = Field(False, description="copy-constrained decoding when a call passes copy_from=[passage "
-                                                   "texts]: every number generated must be one they state")
+                                                   "texts]: every number generated must be one they state; with "
+                                                   "quote_from and quote_labels, quoted lines are passage sentences")
 
     _loaded: _Loaded | None = PrivateAttr(default=None)
     _load_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -135,17 +136,23 @@ class LocalChatModel(BaseChatModel):
         adapter_ids: Sequence[str | None],
         max_new_tokens: int | None = None,
         copy_sources: Sequence[Sequence[str]] | None = None,
+        quotes: Sequence[Sequence[tuple[int, str]]] | None = None,
+        quote_labels: Sequence[str] = (),
     ) -> list[str]:
         """Greedy generation for a batch of formatted prompts, each with its own adapter (or None).
 
         A batch that mixes adapters is run in one forward pass with peft's ``adapter_names``.
         ``copy_sources``: per prompt, passage texts; every number generated must then be one they state
-        (:class:`domainroute.agents.copy_constraint.NumberCopyProcessor`).
+        (:class:`domainroute.agents.copy_constraint.NumberCopyProcessor`). ``quotes``: per prompt, the
+        (passage number, sentence) pairs a line starting with one of ``quote_labels`` must quote verbatim
+        (:class:`domainroute.agents.copy_constraint.QuoteProcessor`).
         """
         if len(prompts) != len(adapter_ids):
             raise ValueError("prompts and adapter_ids must have the same length")
         if copy_sources is not None and len(copy_sources) != len(prompts):
             raise ValueError("copy_sources must have one list of passage texts per prompt")
+        if quotes is not None and len(quotes) != len(prompts):
+            raise ValueError("quotes must have one list of (passage number, sentence) pairs per prompt")
         for adapter_id in adapter_ids:
             self.check_adapter(adapter_id)
         import torch
@@ -164,13 +171,19 @@ class LocalChatModel(BaseChatModel):
             pad_token_id=tok.pad_token_id,
             eos_token_id=tok.eos_token_id,
         )
+        processors = []
         if copy_sources is not None:
-            from transformers import LogitsProcessorList
-
             from domainroute.agents.copy_constraint import NumberCopyProcessor
 
-            kwargs["logits_processor"] = LogitsProcessorList(
-                [NumberCopyProcessor(tok, copy_sources, inputs["input_ids"].shape[1])])
+            processors.append(NumberCopyProcessor(tok, copy_sources, inputs["input_ids"].shape[1]))
+        if quotes is not None and quote_labels:
+            from domainroute.agents.copy_constraint import QuoteProcessor
+
+            processors.append(QuoteProcessor(tok, quotes, quote_labels, inputs["input_ids"].shape[1]))
+        if processors:
+            from transformers import LogitsProcessorList
+
+            kwargs["logits_processor"] = LogitsProcessorList(processors)
         with loaded.lock, torch.inference_mode():
             if not loaded.adapter_ids:
                 out = loaded.model.generate(**inputs, **kwargs)
@@ -195,6 +208,8 @@ class LocalChatModel(BaseChatModel):
         adapter_id: str | None = None,
         max_new_tokens: int | None = None,
         copy_from: list[str] | None = None,
+        quote_from: list[tuple[int, str]] | None = None,
+        quote_labels: list[str] | None = None,
         **kwargs: Any,
     ) -> ChatResult:
         if kwargs:
@@ -203,8 +218,9 @@ class LocalChatModel(BaseChatModel):
         prompt = self.prompt_text(messages)
         start = time.perf_counter()
         sources = [list(copy_from)] if copy_from is not None and self.copy_numbers else None
+        quotes = [list(quote_from)] if quote_from is not None and self.copy_numbers else None
         text = self.generate_texts([prompt], adapter_ids=[adapter_id], max_new_tokens=max_new_tokens,
-                                   copy_sources=sources)[0]
+                                   copy_sources=sources, quotes=quotes, quote_labels=tuple(quote_labels or ()))[0]
         seconds = time.perf_counter() - start
         for marker in stop or []:
             if marker in text:

@@ -20,6 +20,7 @@ class ScriptedChatModel(BaseChatModel):
     replies: list[str]
     known_adapters: list[str] | None = None  # None: serve any adapter id (the graph checks ids itself)
     calls: list[dict[str, Any]] = []
+    copy_numbers: bool = False  # like the embedded engine's flag: the graph then passes copy_from / quote_from
 
     @property
     def _llm_type(self) -> str:
@@ -29,7 +30,7 @@ class ScriptedChatModel(BaseChatModel):
                   max_new_tokens=None, **kwargs) -> ChatResult:
         if adapter_id is not None and self.known_adapters is not None and adapter_id not in self.known_adapters:
             raise UnknownAdapterError(adapter_id, self.known_adapters)
-        self.calls.append({"adapter_id": adapter_id, "prompt": messages[-1].text})
+        self.calls.append({"adapter_id": adapter_id, "prompt": messages[-1].text, "kwargs": kwargs})
         text = self.replies[min(len(self.calls) - 1, len(self.replies) - 1)]
         return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
 

@@ -86,7 +86,9 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from domainroute.adapters.evaluate import BASE_COPY, OWN_COPY, beats_base, evaluate_all, markdown_table
+    from domainroute.adapters.evaluate import (
+        BASE_COPY, BASE_QUOTE, OWN_COPY, OWN_QUOTE, beats_base, evaluate_all, markdown_table,
+    )
     from domainroute.adapters.registry import verified_adapters
     from domainroute.adapters.templates import DOMAINS
 
@@ -99,14 +101,19 @@ def _eval(args: argparse.Namespace) -> int:
     results = evaluate_all(settings.base_model_path, adapters, settings.adapters_dir / "data", settings.kb_dir,
                            domains=domains, split=args.split, limit=args.limit, threads=args.threads or 1)
     free, copy = beats_base(results), beats_base(results, own=OWN_COPY, base=BASE_COPY)
+    quote = beats_base(results, own=OWN_QUOTE, base=BASE_QUOTE)
+    quote_ties = beats_base(results, own=OWN_QUOTE, base=BASE_QUOTE, ceiling_ties=True)
     if args.json:
         print(json.dumps({"results": [r.summary() for r in results], "own_beats_base": free,
-                          "own_beats_base_copy_constrained": copy}))
+                          "own_beats_base_copy_constrained": copy, "own_beats_base_quote_constrained": quote,
+                          "own_beats_base_quote_constrained_ceiling_ties": quote_ties}))
     else:
         print(markdown_table(results))
         for domain, ok in free.items():
-            print(f"{domain}: own adapter beats base on all four quality figures: free decoding "
-                  f"{'yes' if ok else 'no'}, copy-constrained {'yes' if copy.get(domain) else 'no'}")
+            print(f"{domain}: own adapter beats base on all four quality figures (a tie is not a win): free decoding "
+                  f"{'yes' if ok else 'no'}, copy-constrained {'yes' if copy.get(domain) else 'no'}, "
+                  f"copy+quote {'yes' if quote.get(domain) else 'no'} "
+                  f"({'yes' if quote_ties.get(domain) else 'no'} counting ties at 1.00)")
     return 0
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
 
-from domainroute.adapters.dataset import data_path, load_examples, passages_for
+from domainroute.adapters.dataset import data_path, load_examples, passages_for, quotable
 from domainroute.adapters.registry import base_weights_sha256, check_base, scan, verified_adapters
-from domainroute.adapters.templates import DOMAINS
+from domainroute.adapters.templates import DOMAINS, house_format
 from domainroute.adapters.train import AdapterTrainConfig, train_adapter
 from domainroute.agents.local_engine import LocalChatModel
 from domainroute.errors import ConfigError, UnknownAdapterError
@@ -115,6 +115,24 @@ def test_each_adapter_changes_the_answer_and_reports_its_id(engine, settings, ch
         own = engine.bind(adapter_id=f"insurance-{domain}").invoke(messages, max_new_tokens=40)
         assert own.response_metadata["adapter_id"] == f"insurance-{domain}"
         assert own.content != base.content
+
+
+def test_copy_mode_writes_each_quoted_line_verbatim_from_a_passage(settings, chunks):
+    """The real engine with copy-constrained decoding: the adapter's quoted line is a sentence the prompt shows,
+    cited to its own passage, in every domain."""
+    adapters = {a: e.path for a, e in verified_adapters(settings.adapters_dir, settings.base_model_path).items()}
+    engine = LocalChatModel(model_path=settings.base_model_path, adapters=adapters, torch_threads=1, copy_numbers=True)
+    for domain in DOMAINS:
+        example = _test_example(settings, domain)
+        passages = passages_for(example, chunks)
+        quotes = quotable(example["query"], passages)
+        labels = house_format(domain).quote_labels
+        reply = engine.bind(adapter_id=f"insurance-{domain}", copy_from=[p.text for p in passages], quote_from=quotes,
+                            quote_labels=list(labels)).invoke(_messages(example, chunks), max_new_tokens=100)
+        quoted = [line for line in reply.text.splitlines() if line.startswith(labels)]
+        assert quoted, reply.text
+        label = next(lab for lab in labels if quoted[0].startswith(lab))
+        assert quoted[0] in {f"{label} {sentence} [{n}]" for n, sentence in quotes}, quoted[0]
 
 
 def test_mixed_adapter_batch_equals_sequential_calls(engine, settings, chunks):

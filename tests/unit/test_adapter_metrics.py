@@ -138,3 +138,6 @@ def test_beats_base_compares_the_named_conditions_and_a_tie_is_not_a_win():
     rows[0].rouge_l = rows[2].rouge_l = 0.1
     assert beats_base(rows) == {"billing": True}
     assert beats_base(rows, own=OWN_COPY, base=BASE_COPY) == {"billing": False}  # 1.0 vs 1.0 faithfulness
+    assert beats_base(rows, own=OWN_COPY, base=BASE_COPY, ceiling_ties=True) == {"billing": True}
+    rows[3].faithfulness = rows[2].faithfulness = 0.9  # a tie below 1.00 is still no win
+    assert beats_base(rows, own=OWN_COPY, base=BASE_COPY, ceiling_ties=True) == {"billing": False}

@@ -96,7 +96,10 @@ def test_the_sources_line_cites_a_passage_stating_the_answer_facts(tokenizer):
     answer = "Amount: $40 a day for a rental car.\nSources: ["
     assert "2" in allowed_after(tokenizer, answer) and "1" not in allowed_after(tokenizer, answer)
     covered = "Amount: $40 a day for a rental car. [2]\nSources: ["
-    assert {"1", "2"} <= allowed_after(tokenizer, covered)  # nothing left uncovered: any given passage
+    assert "2" in allowed_after(tokenizer, covered) and "1" not in allowed_after(tokenizer, covered)  # the cited one
+    factless = "Glass claims need photos. [1]\nSources: ["  # no facts at all: a passage the answer cites
+    assert "1" in allowed_after(tokenizer, factless) and "2" not in allowed_after(tokenizer, factless)
+    assert {"1", "2"} <= allowed_after(tokenizer, "Glass claims need photos.\nSources: [")  # none cited yet: any
 
 
 def test_a_line_whose_facts_no_one_passage_states_cites_the_passage_stating_most(tokenizer):

@@ -25,10 +25,10 @@ def pack():
     return load_pack(BUNDLED_PACK)
 
 
-def make(pack, replies, *, fail=False, adapters=None):
+def make(pack, replies, *, fail=False, adapters=None, copy_numbers=False):
     if adapters is None:
         adapters = [r.adapter_id for r in pack.domain_routes if r.adapter_id]
-    model = ScriptedChatModel(replies=replies, known_adapters=list(adapters), calls=[])
+    model = ScriptedChatModel(replies=replies, known_adapters=list(adapters), calls=[], copy_numbers=copy_numbers)
     retriever = ListRetriever(
         [passage("auto-glass@v1#000", "Glass chip repair has a $0 deductible under comprehensive."),
          passage("auto-rental@v1#001", "Rental reimbursement pays $40 per day up to $1,200."),
@@ -57,6 +57,19 @@ def test_domain_answer_cites_only_retrieved_passages(pack):
     assert all(p["tenant"] == "northwind" and p["line"] in ("auto", "general") for p in state["passages"])
     assert model.calls[0]["adapter_id"] == pack.route("auto").adapter_id
     assert "Glass chip repair has a $0 deductible" in model.calls[0]["prompt"]
+
+
+def test_copy_mode_passes_the_passages_and_the_routes_quotable_sentences(pack):
+    graph, ctx, model, _ = make(pack, ["Coverage: comprehensive\n1. Glass chip repair has a $0 deductible under "
+                                       "comprehensive. [1]\nSources: [1]"], copy_numbers=True)
+    run(graph, ctx, "is glass chip repair covered?")
+    kwargs = model.calls[0]["kwargs"]
+    assert kwargs["quote_labels"] == ["1."]  # the auto house format's quoted line
+    assert (1, "Glass chip repair has a $0 deductible under comprehensive.") in kwargs["quote_from"]
+    assert {n for n, _ in kwargs["quote_from"]} == set(range(1, len(kwargs["copy_from"]) + 1))
+    graph, ctx, model, _ = make(pack, ["Chip repair is free [1].\nSources: [1]"])
+    run(graph, ctx, "is glass chip repair covered?")
+    assert model.calls[0]["kwargs"] == {}  # copy mode off (TGI, or the default): nothing extra is sent
 
 
 def test_out_of_scope_is_refused_without_a_model_call(pack):
