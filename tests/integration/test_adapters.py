@@ -212,6 +212,17 @@ def test_cli_lists_adapters_as_json(data_dir):
     assert all(r["matches_loaded_base"] for r in rows)
 
 
+def test_cli_eval_reports_every_condition_as_json(data_dir):
+    result = run_cli(["adapters", "eval", "--domains", "billing", "--limit", "2", "--json"], data_dir)
+    assert result.returncode == 0, result.stderr.decode()
+    report = json.loads(result.stdout)
+    rows = {r["condition"]: r for r in report["results"]}
+    assert set(rows) == {"base", "own", "base+copy", "own+copy", "base+quote", "own+quote", "wrong"}
+    assert all(r["n"] == 2 and r["domain"] == "billing" for r in rows.values())
+    assert rows["own+quote"]["adapter_id"] == "insurance-billing" and rows["wrong"]["adapter_id"] == "insurance-auto"
+    assert set(report["own_beats_base_quote_constrained"]) == {"billing"}
+
+
 def test_ask_json_reports_the_routes_adapter(data_dir):
     result = run_cli(["ask", "a pipe burst under my kitchen sink and soaked the floor", "--json"], data_dir)
     assert result.returncode == 0, result.stderr.decode()
