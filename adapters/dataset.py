@@ -115,7 +115,8 @@ def _clip(sentence: str) -> str:
 def quotable(query: str, passages: Sequence[Passage]) -> list[tuple[int, str]]:
     """(passage number, sentence) for every sentence a quoted template line may use: each sentence the prompt
     shows, clipped as ``best_sentence`` clips the reference answers' quotes."""
-    return [(n, _clip(full)) for n, passage in enumerate(passages, start=1) for full in _shown_sentences(passage, query)]
+    return [(n, _clip(full)) for n, passage in enumerate(passages, start=1)
+            for full in _shown_sentences(passage, query)]
 
 
 def best_sentence(passages: Sequence[Passage], query: str, *, want: str = "") -> tuple[int, str]:

@@ -217,6 +217,17 @@ def beats_base(results: Sequence[ConditionResult], *, own: str = "own", base: st
     return out
 
 
+def verdicts(results: Sequence[ConditionResult]) -> dict[str, dict[str, bool]]:
+    """Every "own beats base on all four" comparison the reports print, by name, then domain."""
+    return {
+        "own_beats_base": beats_base(results),
+        "own_beats_base_copy_constrained": beats_base(results, own=OWN_COPY, base=BASE_COPY),
+        "own_beats_base_quote_constrained": beats_base(results, own=OWN_QUOTE, base=BASE_QUOTE),
+        "own_beats_base_quote_constrained_ceiling_ties": beats_base(results, own=OWN_QUOTE, base=BASE_QUOTE,
+                                                                    ceiling_ties=True),
+    }
+
+
 def markdown_table(results: Sequence[ConditionResult]) -> str:
     lines = ["| domain | condition | adapter | n | compliance | terminology | ROUGE-L | faithfulness | "
              "states figures | faithful when stating figures | tokens/s |",

@@ -37,7 +37,8 @@ class HouseFormat:
     sections: tuple[Section, ...]
     terms: tuple[str, ...]  # the domain's vocabulary; an answer is scored on the ones its reference uses
     # lines that quote one sentence of a passage and cite it (``Due date: <sentence> [n]``), named by how they
-    # start; the quote constraint (agents/copy_constraint.QuoteProcessor) makes such a line a verbatim quote
+    # start; the quote constraint (agents/copy_constraint.QuoteProcessor) makes such a line a verbatim quote, so a
+    # line starting with a label can only go on as a quote (``1.`` cannot start ``1.5 %``)
     quote_labels: tuple[str, ...] = ()
 
     def missing(self, answer: str) -> list[str]:
@@ -103,6 +104,13 @@ HOUSE_FORMATS: dict[str, HouseFormat] = {
         quote_labels=("Due date:", "Timeline:"),
     ),
 }
+
+
+def adapter_house_format(adapter_id: str | None) -> HouseFormat | None:
+    """The house format an adapter was trained on: the bundled pack's ``insurance-<domain>`` adapters; None for
+    the base model and for adapters of other packs (whose formats this module does not know)."""
+    domain = (adapter_id or "").removeprefix("insurance-")
+    return HOUSE_FORMATS.get(domain) if adapter_id and adapter_id != domain else None
 
 
 def house_format(domain: str) -> HouseFormat:

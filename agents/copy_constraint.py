@@ -13,8 +13,9 @@ must be ones a passage states: "30" may be a passage number, but "30 days" only 
 "January 1" only if a passage gives that date. A fact is checked when the token that writes or closes it is
 chosen: the highest-scoring candidates are tried in order and those that would state an unsupported fact are
 banned, which is exact for greedy decoding (what the engine does). A citation on a line that states no fact
-itself (``Sources: [``) must name a passage stating the answer's facts that no cited passage states yet, or, when
-there is none, a passage the answer already cites.
+itself (``Sources: [``) must name a passage stating the answer's facts that no cited passage states yet, or, on the
+``Sources:`` line when there is none, a passage the answer already cites. On a quoted line (``quote_labels``) the
+citation is left to ``QuoteProcessor``, which cites the quoted sentence's own passage.
 
 It constrains *which* figures appear, not *which passage* states them or whether the sentence is right: the
 grounding node still checks every answer. Works with any tokenizer (tokens are decoded once, up front).
@@ -75,9 +76,11 @@ class NumberCopyProcessor(LogitsProcessor):
     generated part of each row is ``input_ids[b, prompt_width:]``.
     """
 
-    def __init__(self, tokenizer, sources: Sequence[Sequence[str]], prompt_width: int):
+    def __init__(self, tokenizer, sources: Sequence[Sequence[str]], prompt_width: int,
+                 quote_labels: Sequence[str] = ()):
         self.tokenizer = tokenizer
         self.prompt_width = prompt_width
+        self.quote_labels = tuple(quote_labels)  # lines whose citation QuoteProcessor decides (its sentence's passage)
         self.numbers = [passage_numbers(texts) for texts in sources]
         self.money = [money_numbers(texts) for texts in sources]
         self.per_passage = [[facts(t, supported=True) for t in texts] for texts in sources]
@@ -93,12 +96,15 @@ class NumberCopyProcessor(LogitsProcessor):
         if before.endswith("["):  # cite a passage stating every fact of this line (else the most of them)
             if (row, before) not in self._cite_memo:  # asked once per candidate token: extract the facts once
                 line = before.rsplit("\n", 1)[-1]
+                if self.quote_labels and line.startswith(self.quote_labels):
+                    self._cite_memo[(row, before)] = self.citations[row]  # the quote cites its own passage
+                    return self.citations[row]
                 stated = facts(_MARKER.sub("", line))
                 if not stated:  # e.g. "Sources: [": the answer's facts that no cited passage states yet
                     cited = [n for n in cited_numbers(before) if 1 <= n <= len(self.per_passage[row])]
                     covered = set().union(*(self.per_passage[row][n - 1] for n in cited))
                     stated = facts(_MARKER.sub("", before)) - covered
-                    if not stated and cited:  # nothing left to source: name a passage the answer already cites
+                    if not stated and cited and line.startswith("Sources:"):  # nothing left: one already cited
                         self._cite_memo[(row, before)] = frozenset(str(n) for n in cited)
                         return self._cite_memo[(row, before)]
                 overlap = [len(stated & known) for known in self.per_passage[row]]
@@ -204,10 +210,15 @@ class QuoteProcessor(LogitsProcessor):
     """Quoted lines: on a line that opens with one of ``labels`` (``Due date:``, ``Plan rule:``), the rest of the
     line must be one of the row's quotable sentences followed by `` [n]``, n the passage that shows it.
 
-    ``quotes[b]``: (passage number, sentence) pairs of row ``b``, the sentences exactly as its prompt shows them.
-    The model still chooses which sentence (greedily, token by token); it cannot change one. A line already past
-    its quote (or one that left every sentence, which the constraint prevents unless no allowed token had a
-    finite score) is not constrained further.
+    ``quotes[b]``: (passage number, sentence) pairs of row ``b`` (``adapters/dataset.quotable``: the sentences the
+    prompt shows, clipped as the reference answers clip them). The model still chooses which sentence (greedily,
+    token by token); it cannot change one. Once a quote is complete the rest of the line is free.
+
+    Matching is on token ids: each target `` <sentence> [n]`` is encoded once, and the tokens written since the label
+    must be a prefix of one target's encoding, so the quote takes as few tokens as the tokenizer would use and a
+    character split into several byte tokens (``−``, ``é``) is followed exactly. Targets are encoded on their own: a
+    byte-level BPE tokenizer (the bundled model, GPT-2, Llama 3, Qwen) encodes them as it would mid-text; one that
+    marks word starts (SentencePiece's ``▁``) may write an extra space at the start of the quote.
     """
 
     def __init__(self, tokenizer, quotes: Sequence[Sequence[tuple[int, str]]], labels: Sequence[str],
@@ -216,30 +227,36 @@ class QuoteProcessor(LogitsProcessor):
         self.prompt_width = prompt_width
         self.labels = tuple(labels)
         self.targets = [sorted({f" {s} [{n}]" for n, s in row}) for row in quotes]
-        self._first: dict[str, int | None] = {}
-        self.relaxed = 0
+        self.target_ids = [[tuple(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in row]
+                           for row in self.targets]
+        self.relaxed = 0  # steps where every allowed token had been banned by another processor (row left alone)
+        self.departed = 0  # steps on a labelled line whose tokens follow no quote (the label ran into its first word)
 
-    def _next_token(self, rest: str) -> int | None:
-        """The first token of the tokenizer's own encoding of ``rest``: the quote is written in as few tokens as
-        the tokenizer would use, not spelled out in one-character pieces the model might score higher."""
-        if rest not in self._first:
-            ids = self.tokenizer(rest, add_special_tokens=False)["input_ids"]
-            self._first[rest] = ids[0] if ids else None
-        return self._first[rest]
+    def _quote_length(self, row: int, generated: list[int], label: str) -> int | None:
+        """How many of the last generated tokens are the quote so far: the largest m such that they start one of
+        the row's targets and the text before them ends with a line that is exactly ``label``; None if none fits."""
+        fits = {m for target in self.target_ids[row] for m in range(min(len(target), len(generated)) + 1)
+                if tuple(generated[len(generated) - m:]) == target[:m]}
+        for m in sorted(fits, reverse=True):
+            before = self.tokenizer.decode(generated[:len(generated) - m], skip_special_tokens=True)
+            if before.rsplit("\n", 1)[-1] == label:
+                return m
+        return None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         for row in range(input_ids.shape[0]):
-            text = self.tokenizer.decode(input_ids[row, self.prompt_width:], skip_special_tokens=True)
-            line = text.rsplit("\n", 1)[-1]
+            generated = input_ids[row, self.prompt_width:].tolist()
+            line = self.tokenizer.decode(generated, skip_special_tokens=True).rsplit("\n", 1)[-1]
             label = next((lab for lab in self.labels if line.startswith(lab)), None)
-            if label is None:
+            if label is None or any(line[len(label):].startswith(t) for t in self.targets[row]):
+                continue  # not a quoted line, or its quote is complete
+            m = self._quote_length(row, generated, label)
+            if m is None:
+                self.departed += 1
                 continue
-            body = line[len(label):]
-            rests = [t[len(body):] for t in self.targets[row] if t.startswith(body) and len(t) > len(body)]
-            if not rests:
-                continue
-            allowed = {self._next_token(rest) for rest in rests} - {None}
-            ids = torch.tensor(sorted(allowed), dtype=torch.long)
+            written = tuple(generated[len(generated) - m:])
+            allowed = sorted({t[m] for t in self.target_ids[row] if len(t) > m and t[:m] == written})
+            ids = torch.tensor(allowed, dtype=torch.long)
             if not ids.numel() or not bool(torch.isfinite(scores[row, ids]).any()):
                 self.relaxed += 1
                 continue

@@ -175,7 +175,8 @@ class LocalChatModel(BaseChatModel):
         if copy_sources is not None:
             from domainroute.agents.copy_constraint import NumberCopyProcessor
 
-            processors.append(NumberCopyProcessor(tok, copy_sources, inputs["input_ids"].shape[1]))
+            processors.append(NumberCopyProcessor(tok, copy_sources, inputs["input_ids"].shape[1],
+                                                  quote_labels=quote_labels if quotes is not None else ()))
         if quotes is not None and quote_labels:
             from domainroute.agents.copy_constraint import QuoteProcessor
 

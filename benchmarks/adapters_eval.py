@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from domainroute.adapters.evaluate import (  # noqa: E402
-    BASE_COPY, BASE_QUOTE, METRICS, OWN_COPY, OWN_QUOTE, WRONG_ADAPTER, beats_base, evaluate_all, markdown_table,
+    BASE_COPY, BASE_QUOTE, METRICS, OWN_COPY, OWN_QUOTE, WRONG_ADAPTER, evaluate_all, markdown_table, verdicts,
 )
 from domainroute.adapters.registry import verified_adapters  # noqa: E402
 from domainroute.adapters.templates import DOMAINS  # noqa: E402
@@ -44,14 +44,14 @@ def main() -> int:
     results = evaluate_all(settings.base_model_path, adapters, settings.adapters_dir / "data", settings.kb_dir,
                            domains=DOMAINS, limit=args.limit, threads=args.threads)
     seconds = time.perf_counter() - start
-    verdict = beats_base(results)
-    verdict_copy = beats_base(results, own=OWN_COPY, base=BASE_COPY)
-    verdict_quote = beats_base(results, own=OWN_QUOTE, base=BASE_QUOTE)
-    verdict_quote_ties = beats_base(results, own=OWN_QUOTE, base=BASE_QUOTE, ceiling_ties=True)
+    verdict_all = verdicts(results)
+    verdict, verdict_copy = verdict_all["own_beats_base"], verdict_all["own_beats_base_copy_constrained"]
+    verdict_quote = verdict_all["own_beats_base_quote_constrained"]
+    verdict_quote_ties = verdict_all["own_beats_base_quote_constrained_ceiling_ties"]
     own = [r for r in results if r.condition == "own"]
 
     lines = [
-        "# Domain adapters: base vs own adapter (free, copy-constrained and quote-constrained decoding) vs wrong adapter",
+        "# Domain adapters: base vs own adapter (free, copy- and quote-constrained decoding) vs wrong adapter",
         "",
         f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()} CPU, torch threads "
         f"{args.threads}, greedy decoding, max 120 new tokens, batches of 8 (one adapter per batch); "
@@ -117,12 +117,11 @@ def main() -> int:
         lines += ["**reference:**", "", "```text", rows["base"]["reference"], "```", ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
-    dump = {"seconds": round(seconds, 1), "own_beats_base": verdict, "own_copy_beats_base_copy": verdict_copy,
-            "own_quote_beats_base_quote": verdict_quote, "own_quote_beats_base_quote_ceiling_ties": verdict_quote_ties,
+    dump = {"seconds": round(seconds, 1), **verdict_all,
             "results": [{**r.summary(), "answers": r.answers} for r in results]}
     args.out.with_suffix(".json").write_text(json.dumps(dump, indent=1, ensure_ascii=False) + "\n")
     print(markdown_table(results))
-    print(json.dumps({"free": verdict, "copy-constrained": verdict_copy, "copy+quote": verdict_quote}))
+    print(json.dumps(verdict_all))
     print(f"wrote {args.out}")
     return 0
 

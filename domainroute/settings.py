@@ -57,8 +57,8 @@ class Settings(BaseSettings):
     max_new_tokens: int = Field(96, ge=1, le=2048)
     torch_threads: int = Field(2, ge=1, le=256)
     copy_numbers: bool = Field(False, description="Embedded engine only: copy-constrained decoding (numbers, amounts, "
-                               "dates and durations only as the turn's passages state them; the route's quoted template "
-                               "line only as a passage sentence, verbatim). Raises the model's own "
+                               "dates and durations only as the turn's passages state them; the adapter's quoted "
+                               "template line only as a passage sentence, verbatim). Raises the model's own "
                                "faithfulness but lets more wrong-but-supported drafts past the grounding check; see "
                                "docs/adapters.md.")
     fact_free_drafts: Literal["auto", "show", "quote"] = Field(

@@ -107,7 +107,7 @@ def make_domain_node(route: RouteConfig) -> Callable[[AgentState, Runtime[AgentC
         shown = [Passage(**p) for p in passages]
         messages = [SystemMessage(prompts.SYSTEM_PROMPT), HumanMessage(prompts.user_prompt(state["query"], shown))]
         model = ctx.chat_model.bind(adapter_id=route.adapter_id, max_new_tokens=ctx.max_new_tokens,
-                                    **_copy_from(ctx, passages, state["query"], route.name))
+                                    **_copy_from(ctx, passages, state["query"], route.adapter_id))
         reply = model.invoke(messages)
         cited = attach_citations(reply.text, passages)
         return {"passages": passages, "draft": cited.text, "citations": cited.citations,
@@ -178,20 +178,22 @@ def _passes(text: str, citations: list[dict[str, str]], passages: list[dict[str,
     return check.ok and grounding.answers(query, check)
 
 
-def _copy_from(ctx: AgentContext, passages: list[dict[str, Any]], query: str, route: str | None) -> dict[str, Any]:
+def _copy_from(ctx: AgentContext, passages: list[dict[str, Any]], query: str,
+               adapter_id: str | None) -> dict[str, Any]:
     """``copy_from`` for chat models that constrain generated numbers to the passages' (the embedded engine), and
-    ``quote_from``/``quote_labels`` when the route has a house format with a quoted line (its sentence must then be
-    one the prompt shows); other backends (TGI) do not take them, and the grounding check covers them."""
+    ``quote_from``/``quote_labels`` when the adapter's house format has a quoted line (its sentence must then be one
+    the prompt shows); other backends (TGI) do not take them, and the grounding check covers them."""
     if not (passages and getattr(ctx.chat_model, "copy_numbers", False)):
         return {}
     from domainroute.adapters.dataset import quotable
-    from domainroute.adapters.templates import HOUSE_FORMATS
+    from domainroute.adapters.templates import adapter_house_format
     from domainroute.schemas import Passage
 
     out: dict[str, Any] = {"copy_from": [p["text"] for p in passages]}
-    house = HOUSE_FORMATS.get(route or "")
+    house = adapter_house_format(adapter_id)
     if house is not None and house.quote_labels:
-        out |= {"quote_from": quotable(query, [Passage(**p) for p in passages]), "quote_labels": list(house.quote_labels)}
+        out |= {"quote_from": quotable(query, [Passage(**p) for p in passages]),
+                "quote_labels": list(house.quote_labels)}
     return out
 
 
@@ -203,7 +205,7 @@ def _regenerate(state: AgentState, ctx: AgentContext, unsupported: list[str], mi
     messages = [SystemMessage(prompts.SYSTEM_PROMPT),
                 HumanMessage(prompts.regeneration_prompt(state["query"], shown, unsupported, missing))]
     model = ctx.chat_model.bind(adapter_id=state.get("adapter"), max_new_tokens=ctx.max_new_tokens,
-                                **_copy_from(ctx, state.get("passages", []), state["query"], state.get("route")))
+                                **_copy_from(ctx, state.get("passages", []), state["query"], state.get("adapter")))
     cited = attach_citations(model.invoke(messages).text, state.get("passages", []))
     return cited, cited.dropped
 

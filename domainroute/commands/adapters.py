@@ -86,9 +86,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from domainroute.adapters.evaluate import (
-        BASE_COPY, BASE_QUOTE, OWN_COPY, OWN_QUOTE, beats_base, evaluate_all, markdown_table,
-    )
+    from domainroute.adapters.evaluate import evaluate_all, markdown_table, verdicts
     from domainroute.adapters.registry import verified_adapters
     from domainroute.adapters.templates import DOMAINS
 
@@ -100,20 +98,17 @@ def _eval(args: argparse.Namespace) -> int:
     adapters = {a: e.path for a, e in verified_adapters(settings.adapters_dir, settings.base_model_path).items()}
     results = evaluate_all(settings.base_model_path, adapters, settings.adapters_dir / "data", settings.kb_dir,
                            domains=domains, split=args.split, limit=args.limit, threads=args.threads or 1)
-    free, copy = beats_base(results), beats_base(results, own=OWN_COPY, base=BASE_COPY)
-    quote = beats_base(results, own=OWN_QUOTE, base=BASE_QUOTE)
-    quote_ties = beats_base(results, own=OWN_QUOTE, base=BASE_QUOTE, ceiling_ties=True)
+    verdict = verdicts(results)
     if args.json:
-        print(json.dumps({"results": [r.summary() for r in results], "own_beats_base": free,
-                          "own_beats_base_copy_constrained": copy, "own_beats_base_quote_constrained": quote,
-                          "own_beats_base_quote_constrained_ceiling_ties": quote_ties}))
+        print(json.dumps({"results": [r.summary() for r in results], **verdict}))
     else:
         print(markdown_table(results))
-        for domain, ok in free.items():
+        for domain, ok in verdict["own_beats_base"].items():
+            yes = {name: "yes" if by_domain.get(domain) else "no" for name, by_domain in verdict.items()}
             print(f"{domain}: own adapter beats base on all four quality figures (a tie is not a win): free decoding "
-                  f"{'yes' if ok else 'no'}, copy-constrained {'yes' if copy.get(domain) else 'no'}, "
-                  f"copy+quote {'yes' if quote.get(domain) else 'no'} "
-                  f"({'yes' if quote_ties.get(domain) else 'no'} counting ties at 1.00)")
+                  f"{'yes' if ok else 'no'}, copy-constrained {yes['own_beats_base_copy_constrained']}, "
+                  f"copy+quote {yes['own_beats_base_quote_constrained']} "
+                  f"({yes['own_beats_base_quote_constrained_ceiling_ties']} counting ties at 1.00)")
     return 0
 
 

@@ -220,7 +220,9 @@ def test_cli_eval_reports_every_condition_as_json(data_dir):
     assert set(rows) == {"base", "own", "base+copy", "own+copy", "base+quote", "own+quote", "wrong"}
     assert all(r["n"] == 2 and r["domain"] == "billing" for r in rows.values())
     assert rows["own+quote"]["adapter_id"] == "insurance-billing" and rows["wrong"]["adapter_id"] == "insurance-auto"
-    assert set(report["own_beats_base_quote_constrained"]) == {"billing"}
+    for name in ("own_beats_base", "own_beats_base_copy_constrained", "own_beats_base_quote_constrained",
+                 "own_beats_base_quote_constrained_ceiling_ties"):
+        assert set(report[name]) == {"billing"}, name
 
 
 def test_ask_json_reports_the_routes_adapter(data_dir):

@@ -141,3 +141,6 @@ def test_beats_base_compares_the_named_conditions_and_a_tie_is_not_a_win():
     assert beats_base(rows, own=OWN_COPY, base=BASE_COPY, ceiling_ties=True) == {"billing": True}
     rows[3].faithfulness = rows[2].faithfulness = 0.9  # a tie below 1.00 is still no win
     assert beats_base(rows, own=OWN_COPY, base=BASE_COPY, ceiling_ties=True) == {"billing": False}
+    rows[3].faithfulness = rows[2].faithfulness = 1.0
+    rows[3].terminology = 0.05  # a tie at 1.00 does not excuse a lower figure elsewhere
+    assert beats_base(rows, own=OWN_COPY, base=BASE_COPY, ceiling_ties=True) == {"billing": False}

@@ -72,6 +72,17 @@ def test_copy_mode_passes_the_passages_and_the_routes_quotable_sentences(pack):
     assert model.calls[0]["kwargs"] == {}  # copy mode off (TGI, or the default): nothing extra is sent
 
 
+def test_copy_mode_regeneration_gets_the_same_constraints(pack):
+    graph, ctx, model, _ = make(pack, ["Coverage: comprehensive\n1. Chip repair costs $999. [1]\nSources: [1]",
+                                       "Coverage: comprehensive\n1. Glass chip repair has a $0 deductible under "
+                                       "comprehensive. [1]\nSources: [1]"], copy_numbers=True)
+    state = run(graph, ctx, "is glass chip repair covered?").values
+    assert len(model.calls) == 2 and state["grounding"]["action"] == "regenerated"  # $999 is in no passage
+    first, second = (call["kwargs"] for call in model.calls)
+    assert second["quote_labels"] == ["1."] and second["copy_from"] == first["copy_from"]
+    assert second["quote_from"] == first["quote_from"]
+
+
 def test_out_of_scope_is_refused_without_a_model_call(pack):
     graph, ctx, model, _ = make(pack, ["never used"])
     state = run(graph, ctx, "tell me a joke").values

@@ -9,7 +9,7 @@ from transformers import AutoTokenizer
 
 from domainroute.adapters.dataset import MAX_SENTENCE_WORDS, quotable
 from domainroute.adapters.templates import house_format
-from domainroute.agents.copy_constraint import QuoteProcessor
+from domainroute.agents.copy_constraint import NumberCopyProcessor, QuoteProcessor
 from domainroute.schemas import Passage
 from domainroute.settings import BUNDLED_BASE_MODEL
 
@@ -44,7 +44,8 @@ def test_after_the_label_only_the_first_token_of_a_quotable_sentence(tokenizer):
 
 def test_inside_a_quote_only_the_tokenizers_own_continuation(tokenizer):
     allowed = allowed_after(tokenizer, "Timeline: Refunds are issued")
-    assert allowed == {tokenizer.decode([tokenizer.encode(" within 10 business days. [2]", add_special_tokens=False)[0]])}
+    (first, *_) = tokenizer.encode(" within 10 business days. [2]", add_special_tokens=False)
+    assert allowed == {tokenizer.decode([first])}
     # two sentences share "Refunds": both continuations stay open until they part
     assert len(allowed_after(tokenizer, "Timeline: Refunds")) == 2
 
@@ -62,21 +63,73 @@ def test_other_lines_and_finished_quotes_are_free(tokenizer):
         assert bool(torch.isfinite(scores).all()), text
 
 
+def _greedy_line(tokenizer, label: str, quotes, seed: int) -> tuple[str, int]:
+    """Decode greedily from ``label`` with random scores under the constraint; (line, tokens written after label).
+    Works on token ids, as generation does (a byte token alone decodes to a replacement character)."""
+    rng = torch.Generator().manual_seed(seed)
+    targets = {f"{label} {s} [{n}]" for n, s in quotes}
+    prompt = tokenizer.encode("<|assistant|>\n", add_special_tokens=False)
+    ids = prompt + tokenizer.encode(label, add_special_tokens=False)
+    processor = QuoteProcessor(tokenizer, [quotes], LABELS, len(prompt))
+    for written in range(1, 81):
+        scores = processor(torch.tensor([ids]), torch.rand(1, len(tokenizer), generator=rng))
+        ids.append(int(scores[0].argmax()))
+        text = tokenizer.decode(ids[len(prompt):])
+        if text in targets:
+            break
+    return text, written
+
+
 def test_greedy_decoding_under_random_scores_writes_a_quote_verbatim(tokenizer):
-    """Whatever the model prefers, the line it writes after a label is one of the quotes, cited, token-efficient."""
-    rng = torch.Generator().manual_seed(3)
+    """Whatever the model prefers, the line it writes after a label is one of the quotes, cited, in exactly the
+    tokens the tokenizer would use for it."""
     targets = {f"Due date: {s} [{n}]" for n, s in QUOTES}
-    for _ in range(10):
-        text = "Due date:"
-        for _ in range(60):
-            scores = torch.rand(1, len(tokenizer), generator=rng)
-            out, _ = _run(tokenizer, text, scores)
-            text += tokenizer.decode([int(out[0].argmax())])
-            if text in targets:
-                break
+    for seed in range(10):
+        text, written = _greedy_line(tokenizer, "Due date:", QUOTES, seed)
         assert text in targets
-        written = tokenizer.encode(text[len("Due date:"):], add_special_tokens=False)
-        assert len(written) <= len(tokenizer.encode(" " + text.split(" ", 2)[2], add_special_tokens=False)) + 2
+        assert written == len(tokenizer.encode(text[len("Due date:"):], add_special_tokens=False))
+
+
+def test_characters_split_into_byte_tokens_are_quoted_exactly(tokenizer):
+    quotes = [(1, "Your refund is $720 − $72 = $648."), (2, "The café fee is 3 × the base fee.")]
+    assert any(tokenizer.decode([i]) == "\ufffd" for i in tokenizer.encode(" − é ×", add_special_tokens=False))
+    seen = set()
+    for seed in range(6):
+        text, _ = _greedy_line(tokenizer, "Timeline:", quotes, seed)
+        assert text in {f"Timeline: {s} [{n}]" for n, s in quotes}
+        seen.add(text)
+    assert len(seen) == 2  # both sentences get chosen under different preferences
+
+
+def test_each_row_of_a_left_padded_batch_has_its_own_quotes(tokenizer):
+    pad = tokenizer.pad_token_id
+    prompts = [tokenizer.encode("<|assistant|>\n", add_special_tokens=False),
+               tokenizer.encode("<|user|>\nhi\n<|assistant|>\n", add_special_tokens=False)]
+    width = max(map(len, prompts))
+    label = tokenizer.encode("Timeline:", add_special_tokens=False)
+    ids = torch.tensor([[pad] * (width - len(p)) + p + label for p in prompts])
+    rows = [[(1, "Refunds are issued within 10 business days.")], [(1, "The late fee is $20.")]]
+    processor = QuoteProcessor(tokenizer, rows, LABELS, width)
+    scores = processor(ids, torch.zeros(2, len(tokenizer)))
+    allowed = [{tokenizer.decode([i]) for i in torch.isfinite(r).nonzero().flatten().tolist()} for r in scores]
+    assert allowed == [{" Refunds"}, {" The"}]
+
+
+def test_the_quote_decides_its_citation_when_both_processors_run(tokenizer):
+    """The number constraint would send a fact-free line's citation elsewhere; on a quoted line it defers."""
+    passages = ["The late fee is $20 after the grace period.", "Refunds go back to the card you paid with."]
+    quotes = [(1, "The late fee is $20 after the grace period."), (2, "Refunds go back to the card you paid with.")]
+    text = "Amount: $20\nDue date: Refunds go back to the card you paid with. ["
+    prompt = tokenizer.encode("<|assistant|>\n", add_special_tokens=False)
+    ids = torch.tensor([prompt + tokenizer.encode(text, add_special_tokens=False)])
+    scores = torch.zeros(1, len(tokenizer))
+    for processor in (NumberCopyProcessor(tokenizer, [passages], len(prompt), quote_labels=LABELS),
+                      QuoteProcessor(tokenizer, [quotes], LABELS, len(prompt))):
+        scores = processor(ids, scores)
+    assert {tokenizer.decode([i]) for i in torch.isfinite(scores[0]).nonzero().flatten().tolist()} == {"2"}
+    # without the labels the number constraint alone would send it to the passage of the uncited $20
+    alone = NumberCopyProcessor(tokenizer, [passages], len(prompt))(ids, torch.zeros(1, len(tokenizer)))
+    assert not bool(torch.isfinite(alone[0, tokenizer.encode("2", add_special_tokens=False)[0]]))
 
 
 def test_when_no_allowed_token_has_a_finite_score_the_row_is_left_alone(tokenizer):
