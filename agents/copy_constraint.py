@@ -14,8 +14,8 @@ must be ones a passage states: "30" may be a passage number, but "30 days" only 
 chosen: the highest-scoring candidates are tried in order and those that would state an unsupported fact are
 banned, which is exact for greedy decoding (what the engine does). A citation on a line that states no fact
 itself (``Sources: [``) must name a passage stating the answer's facts that no cited passage states yet, or, on the
-``Sources:`` line when there is none, a passage the answer already cites. On a quoted line (``quote_labels``) the
-citation is left to ``QuoteProcessor``, which cites the quoted sentence's own passage.
+``Sources:`` line when there is none, a passage the answer already cites. The citation right after a complete quote
+on a quoted line (``quote_labels``, ``quotes``) is left to ``QuoteProcessor``, which cites the sentence's passage.
 
 It constrains *which* figures appear, not *which passage* states them or whether the sentence is right: the
 grounding node still checks every answer. Works with any tokenizer (tokens are decoded once, up front).
@@ -77,10 +77,12 @@ class NumberCopyProcessor(LogitsProcessor):
     """
 
     def __init__(self, tokenizer, sources: Sequence[Sequence[str]], prompt_width: int,
-                 quote_labels: Sequence[str] = ()):
+                 quote_labels: Sequence[str] = (), quotes: Sequence[Sequence[tuple[int, str]]] | None = None):
         self.tokenizer = tokenizer
         self.prompt_width = prompt_width
-        self.quote_labels = tuple(quote_labels)  # lines whose citation QuoteProcessor decides (its sentence's passage)
+        # quoted lines (QuoteProcessor): the citation right after a complete quote is the quote's own passage
+        self.quote_labels = tuple(quote_labels)
+        self.quote_heads = [frozenset(f" {s} [" for _, s in row) for row in quotes] if quotes else None
         self.numbers = [passage_numbers(texts) for texts in sources]
         self.money = [money_numbers(texts) for texts in sources]
         self.per_passage = [[facts(t, supported=True) for t in texts] for texts in sources]
@@ -96,8 +98,9 @@ class NumberCopyProcessor(LogitsProcessor):
         if before.endswith("["):  # cite a passage stating every fact of this line (else the most of them)
             if (row, before) not in self._cite_memo:  # asked once per candidate token: extract the facts once
                 line = before.rsplit("\n", 1)[-1]
-                if self.quote_labels and line.startswith(self.quote_labels):
-                    self._cite_memo[(row, before)] = self.citations[row]  # the quote cites its own passage
+                label = next((lab for lab in self.quote_labels if line.startswith(lab)), None)
+                if label is not None and self.quote_heads and line[len(label):] in self.quote_heads[row]:
+                    self._cite_memo[(row, before)] = self.citations[row]  # QuoteProcessor cites the quote's passage
                     return self.citations[row]
                 stated = facts(_MARKER.sub("", line))
                 if not stated:  # e.g. "Sources: [": the answer's facts that no cited passage states yet
@@ -230,7 +233,7 @@ class QuoteProcessor(LogitsProcessor):
         self.target_ids = [[tuple(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in row]
                            for row in self.targets]
         self.relaxed = 0  # steps where every allowed token had been banned by another processor (row left alone)
-        self.departed = 0  # steps on a labelled line whose tokens follow no quote (the label ran into its first word)
+        self.departed = 0  # steps on a labelled line that follows no quote (e.g. "Due date:**"): left unconstrained
 
     def _quote_length(self, row: int, generated: list[int], label: str) -> int | None:
         """How many of the last generated tokens are the quote so far: the largest m such that they start one of

@@ -176,7 +176,8 @@ class LocalChatModel(BaseChatModel):
             from domainroute.agents.copy_constraint import NumberCopyProcessor
 
             processors.append(NumberCopyProcessor(tok, copy_sources, inputs["input_ids"].shape[1],
-                                                  quote_labels=quote_labels if quotes is not None else ()))
+                                                  quote_labels=quote_labels if quotes is not None else (),
+                                                  quotes=quotes))
         if quotes is not None and quote_labels:
             from domainroute.agents.copy_constraint import QuoteProcessor
 

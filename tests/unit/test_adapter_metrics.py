@@ -144,3 +144,26 @@ def test_beats_base_compares_the_named_conditions_and_a_tie_is_not_a_win():
     rows[3].faithfulness = rows[2].faithfulness = 1.0
     rows[3].terminology = 0.05  # a tie at 1.00 does not excuse a lower figure elsewhere
     assert beats_base(rows, own=OWN_COPY, base=BASE_COPY, ceiling_ties=True) == {"billing": False}
+
+
+def test_verdicts_compare_each_constrained_adapter_with_the_base_under_the_same_constraint():
+    from domainroute.adapters.evaluate import BASE_COPY, BASE_QUOTE, OWN_COPY, OWN_QUOTE, ConditionResult, verdicts
+
+    def result(condition: str, figure: float) -> ConditionResult:
+        return ConditionResult(domain="home", condition=condition, adapter_id=None, n=4, compliance=figure,
+                               terminology=figure, rouge_l=figure, faithfulness=1.0 if "quote" in condition else figure,
+                               states_figures=0.5, faithful_with_figures=1.0, tokens_per_s=1.0)
+
+    rows = [result("base", 0.5), result("own", 0.4), result(BASE_COPY, 0.2), result(OWN_COPY, 0.3),
+            result(BASE_QUOTE, 0.6), result(OWN_QUOTE, 0.7)]
+    assert verdicts(rows) == {"own_beats_base": {"home": False}, "own_beats_base_copy_constrained": {"home": True},
+                              "own_beats_base_quote_constrained": {"home": False},  # faithfulness 1.0 vs 1.0
+                              "own_beats_base_quote_constrained_ceiling_ties": {"home": True}}
+
+
+def test_house_formats_belong_to_the_adapters_trained_on_them():
+    from domainroute.adapters.templates import adapter_house_format, house_format
+
+    assert adapter_house_format("insurance-billing") == house_format("billing")
+    assert adapter_house_format(None) is None and adapter_house_format("billing") is None
+    assert adapter_house_format("insurance-marine") is None and adapter_house_format("acme-auto") is None

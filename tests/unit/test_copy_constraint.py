@@ -100,6 +100,7 @@ def test_the_sources_line_cites_a_passage_stating_the_answer_facts(tokenizer):
     factless = "Glass claims need photos. [1]\nSources: ["  # no facts at all: a passage the answer cites
     assert "1" in allowed_after(tokenizer, factless) and "2" not in allowed_after(tokenizer, factless)
     assert {"1", "2"} <= allowed_after(tokenizer, "Glass claims need photos.\nSources: [")  # none cited yet: any
+    assert {"1", "2"} <= allowed_after(tokenizer, "Glass claims need photos. [1]\nKeep receipts. [")  # not Sources
 
 
 def test_a_line_whose_facts_no_one_passage_states_cites_the_passage_stating_most(tokenizer):

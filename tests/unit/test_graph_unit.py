@@ -72,6 +72,14 @@ def test_copy_mode_passes_the_passages_and_the_routes_quotable_sentences(pack):
     assert model.calls[0]["kwargs"] == {}  # copy mode off (TGI, or the default): nothing extra is sent
 
 
+def test_copy_mode_quotes_only_for_an_adapter_with_a_house_format(pack):
+    routes = [r.model_copy(update={"adapter_id": None}) if r.name == "auto" else r for r in pack.routes]
+    graph, ctx, model, _ = make(pack.model_copy(update={"routes": routes}), ["Chip repair is free [1].\nSources: [1]"],
+                                copy_numbers=True)
+    run(graph, ctx, "is glass chip repair covered?")
+    assert set(model.calls[0]["kwargs"]) == {"copy_from"}  # the base model on route "auto": no quoted line
+
+
 def test_copy_mode_regeneration_gets_the_same_constraints(pack):
     graph, ctx, model, _ = make(pack, ["Coverage: comprehensive\n1. Chip repair costs $999. [1]\nSources: [1]",
                                        "Coverage: comprehensive\n1. Glass chip repair has a $0 deductible under "

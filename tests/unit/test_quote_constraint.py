@@ -63,21 +63,22 @@ def test_other_lines_and_finished_quotes_are_free(tokenizer):
         assert bool(torch.isfinite(scores).all()), text
 
 
-def _greedy_line(tokenizer, label: str, quotes, seed: int) -> tuple[str, int]:
-    """Decode greedily from ``label`` with random scores under the constraint; (line, tokens written after label).
+def _greedy_line(tokenizer, label: str, quotes, seed: int) -> tuple[str, list[int]]:
+    """Decode greedily from ``label`` with random scores under the constraint; (line, token ids written after it).
     Works on token ids, as generation does (a byte token alone decodes to a replacement character)."""
     rng = torch.Generator().manual_seed(seed)
     targets = {f"{label} {s} [{n}]" for n, s in quotes}
     prompt = tokenizer.encode("<|assistant|>\n", add_special_tokens=False)
     ids = prompt + tokenizer.encode(label, add_special_tokens=False)
     processor = QuoteProcessor(tokenizer, [quotes], LABELS, len(prompt))
-    for written in range(1, 81):
+    start = len(ids)
+    for _ in range(80):
         scores = processor(torch.tensor([ids]), torch.rand(1, len(tokenizer), generator=rng))
         ids.append(int(scores[0].argmax()))
         text = tokenizer.decode(ids[len(prompt):])
         if text in targets:
             break
-    return text, written
+    return text, ids[start:]
 
 
 def test_greedy_decoding_under_random_scores_writes_a_quote_verbatim(tokenizer):
@@ -85,9 +86,9 @@ def test_greedy_decoding_under_random_scores_writes_a_quote_verbatim(tokenizer):
     tokens the tokenizer would use for it."""
     targets = {f"Due date: {s} [{n}]" for n, s in QUOTES}
     for seed in range(10):
-        text, written = _greedy_line(tokenizer, "Due date:", QUOTES, seed)
+        text, ids = _greedy_line(tokenizer, "Due date:", QUOTES, seed)
         assert text in targets
-        assert written == len(tokenizer.encode(text[len("Due date:"):], add_special_tokens=False))
+        assert ids == tokenizer.encode(text[len("Due date:"):], add_special_tokens=False)
 
 
 def test_characters_split_into_byte_tokens_are_quoted_exactly(tokenizer):
@@ -99,6 +100,14 @@ def test_characters_split_into_byte_tokens_are_quoted_exactly(tokenizer):
         assert text in {f"Timeline: {s} [{n}]" for n, s in quotes}
         seen.add(text)
     assert len(seen) == 2  # both sentences get chosen under different preferences
+
+
+def test_finished_rows_and_lines_that_leave_the_label_are_not_constrained(tokenizer):
+    done = "Timeline: The late fee is $20 after the 15-day grace period. [1]<|end|><|pad|><|pad|>"
+    scores, processor = _run(tokenizer, done, torch.zeros(1, len(tokenizer)))
+    assert bool(torch.isfinite(scores).all()) and processor.departed == 0  # its quote is complete
+    scores, processor = _run(tokenizer, "Due date:**", torch.zeros(1, len(tokenizer)))
+    assert bool(torch.isfinite(scores).all()) and processor.departed == 1  # ":**" is one token: no quote follows
 
 
 def test_each_row_of_a_left_padded_batch_has_its_own_quotes(tokenizer):
@@ -123,10 +132,17 @@ def test_the_quote_decides_its_citation_when_both_processors_run(tokenizer):
     prompt = tokenizer.encode("<|assistant|>\n", add_special_tokens=False)
     ids = torch.tensor([prompt + tokenizer.encode(text, add_special_tokens=False)])
     scores = torch.zeros(1, len(tokenizer))
-    for processor in (NumberCopyProcessor(tokenizer, [passages], len(prompt), quote_labels=LABELS),
+    for processor in (NumberCopyProcessor(tokenizer, [passages], len(prompt), quote_labels=LABELS, quotes=[quotes]),
                       QuoteProcessor(tokenizer, [quotes], LABELS, len(prompt))):
         scores = processor(ids, scores)
     assert {tokenizer.decode([i]) for i in torch.isfinite(scores[0]).nonzero().flatten().tolist()} == {"2"}
+    # after the quote, the line is the number constraint's again: a later citation names the passage of its $20
+    later = "Due date: Refunds go back to the card you paid with. [2] and the $20 fee ["
+    ids = torch.tensor([prompt + tokenizer.encode(later, add_special_tokens=False)])
+    scores = NumberCopyProcessor(tokenizer, [passages], len(prompt), quote_labels=LABELS, quotes=[quotes])(
+        ids, torch.zeros(1, len(tokenizer)))
+    assert "1" in {tokenizer.decode([i]) for i in torch.isfinite(scores[0]).nonzero().flatten().tolist()}
+    assert not bool(torch.isfinite(scores[0, tokenizer.encode("2", add_special_tokens=False)[0]]))
     # without the labels the number constraint alone would send it to the passage of the uncited $20
     alone = NumberCopyProcessor(tokenizer, [passages], len(prompt))(ids, torch.zeros(1, len(tokenizer)))
     assert not bool(torch.isfinite(alone[0, tokenizer.encode("2", add_special_tokens=False)[0]]))
