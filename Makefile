@@ -31,7 +31,7 @@ test: install
 test-live: install
 	$(BIN)/pytest -m live -q
 
-bench: install
-	$(BIN)/python benchmarks/run_all.py
+bench: install      # the agent's latency and cold start; every other benchmark, with its command: docs/benchmarks.md
+	$(BIN)/python benchmarks/agent_bench.py
 
 .PHONY: install demo test test-live bench
