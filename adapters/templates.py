@@ -109,8 +109,9 @@ HOUSE_FORMATS: dict[str, HouseFormat] = {
 def adapter_house_format(adapter_id: str | None) -> HouseFormat | None:
     """The house format an adapter was trained on: the bundled pack's ``insurance-<domain>`` adapters; None for
     the base model and for adapters of other packs (whose formats this module does not know)."""
-    domain = (adapter_id or "").removeprefix("insurance-")
-    return HOUSE_FORMATS.get(domain) if adapter_id and adapter_id != domain else None
+    if not adapter_id or not adapter_id.startswith("insurance-"):
+        return None
+    return HOUSE_FORMATS.get(adapter_id.removeprefix("insurance-"))
 
 
 def house_format(domain: str) -> HouseFormat:

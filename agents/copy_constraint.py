@@ -59,6 +59,11 @@ def money_numbers(texts: Sequence[str]) -> frozenset[str]:
 
 
 
+def quote_label(line: str, labels: Sequence[str]) -> str | None:
+    """The quote label ``line`` starts with (``Due date:``), or None."""
+    return next((label for label in labels if line.startswith(label)), None)
+
+
 @lru_cache(maxsize=8)
 def _token_table(tokenizer) -> tuple[list[str], torch.Tensor, list[int]]:
     """Decoded text of every token; a mask of tokens that can continue a number; the ids that contain a digit."""
@@ -98,7 +103,7 @@ class NumberCopyProcessor(LogitsProcessor):
         if before.endswith("["):  # cite a passage stating every fact of this line (else the most of them)
             if (row, before) not in self._cite_memo:  # asked once per candidate token: extract the facts once
                 line = before.rsplit("\n", 1)[-1]
-                label = next((lab for lab in self.quote_labels if line.startswith(lab)), None)
+                label = quote_label(line, self.quote_labels)
                 if label is not None and self.quote_heads and line[len(label):] in self.quote_heads[row]:
                     self._cite_memo[(row, before)] = self.citations[row]  # QuoteProcessor cites the quote's passage
                     return self.citations[row]
@@ -250,7 +255,7 @@ class QuoteProcessor(LogitsProcessor):
         for row in range(input_ids.shape[0]):
             generated = input_ids[row, self.prompt_width:].tolist()
             line = self.tokenizer.decode(generated, skip_special_tokens=True).rsplit("\n", 1)[-1]
-            label = next((lab for lab in self.labels if line.startswith(lab)), None)
+            label = quote_label(line, self.labels)
             if label is None or any(line[len(label):].startswith(t) for t in self.targets[row]):
                 continue  # not a quoted line, or its quote is complete
             m = self._quote_length(row, generated, label)

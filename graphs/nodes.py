@@ -23,7 +23,7 @@ from domainroute.graphs.redaction import redact
 from domainroute.graphs.state import AgentState
 from domainroute.pack import OUT_OF_SCOPE, RouteConfig
 from domainroute.retrievers.base import SearchFilters
-from domainroute.schemas import Claim, EscalationDecision
+from domainroute.schemas import Claim, EscalationDecision, Passage
 from domainroute.tools.retrieval import TOOL_NAME, search_policy_documents
 
 CLASSIFY = "classify"
@@ -102,12 +102,10 @@ def make_domain_node(route: RouteConfig) -> Callable[[AgentState, Runtime[AgentC
             passages = _retrieve(state["query"], route, ctx)
         except RetrievalUnavailableError as exc:
             return {"passages": [], "retrieval_error": str(exc), "draft": ""}
-        from domainroute.schemas import Passage
-
         shown = [Passage(**p) for p in passages]
         messages = [SystemMessage(prompts.SYSTEM_PROMPT), HumanMessage(prompts.user_prompt(state["query"], shown))]
         model = ctx.chat_model.bind(adapter_id=route.adapter_id, max_new_tokens=ctx.max_new_tokens,
-                                    **_copy_from(ctx, passages, state["query"], route.adapter_id))
+                                    **_copy_from(ctx, shown, state["query"], route.adapter_id))
         reply = model.invoke(messages)
         cited = attach_citations(reply.text, passages)
         return {"passages": passages, "draft": cited.text, "citations": cited.citations,
@@ -178,34 +176,29 @@ def _passes(text: str, citations: list[dict[str, str]], passages: list[dict[str,
     return check.ok and grounding.answers(query, check)
 
 
-def _copy_from(ctx: AgentContext, passages: list[dict[str, Any]], query: str,
-               adapter_id: str | None) -> dict[str, Any]:
+def _copy_from(ctx: AgentContext, shown: list[Passage], query: str, adapter_id: str | None) -> dict[str, Any]:
     """``copy_from`` for chat models that constrain generated numbers to the passages' (the embedded engine), and
     ``quote_from``/``quote_labels`` when the adapter's house format has a quoted line (its sentence must then be one
     the prompt shows); other backends (TGI) do not take them, and the grounding check covers them."""
-    if not (passages and getattr(ctx.chat_model, "copy_numbers", False)):
+    if not (shown and getattr(ctx.chat_model, "copy_numbers", False)):
         return {}
     from domainroute.adapters.dataset import quotable
     from domainroute.adapters.templates import adapter_house_format
-    from domainroute.schemas import Passage
 
-    out: dict[str, Any] = {"copy_from": [p["text"] for p in passages]}
+    out: dict[str, Any] = {"copy_from": [p.text for p in shown]}
     house = adapter_house_format(adapter_id)
     if house is not None and house.quote_labels:
-        out |= {"quote_from": quotable(query, [Passage(**p) for p in passages]),
-                "quote_labels": list(house.quote_labels)}
+        out |= {"quote_from": quotable(query, shown), "quote_labels": list(house.quote_labels)}
     return out
 
 
 def _regenerate(state: AgentState, ctx: AgentContext, unsupported: list[str], missing: list[str]):
     """One more model call, same adapter and passages, with the unsupported facts (or the missing figure) named."""
-    from domainroute.schemas import Passage
-
     shown = [Passage(**p) for p in state.get("passages", [])]
     messages = [SystemMessage(prompts.SYSTEM_PROMPT),
                 HumanMessage(prompts.regeneration_prompt(state["query"], shown, unsupported, missing))]
     model = ctx.chat_model.bind(adapter_id=state.get("adapter"), max_new_tokens=ctx.max_new_tokens,
-                                **_copy_from(ctx, state.get("passages", []), state["query"], state.get("adapter")))
+                                **_copy_from(ctx, shown, state["query"], state.get("adapter")))
     cited = attach_citations(model.invoke(messages).text, state.get("passages", []))
     return cited, cited.dropped
 
