@@ -11,8 +11,14 @@ What it decides, in order:
    route is kept unless the query alone is confidently elsewhere (top probability >= ``follow_up_threshold``,
    chosen on validation, see ``FOLLOW_UP_SWITCH_SHARE``).
 
+4. Second stage (optional, on by default in ``train_router``): a query whose first-stage top probability is under
+   ``cascade_threshold`` is decided again by a second router of the same kind on all-mpnet-base-v2 + MiniLM
+   embeddings, which is more accurate and ~5x slower per query; the threshold is chosen on validation (best
+   accuracy, then the fewest second-stage calls), so most queries cost only the first stage.
+
 The model is ``classifier.safetensors`` (coefficients, intercepts, idf weights), ``lexicon.json`` (the TF-IDF
-terms) and ``manifest.json`` (routes, thresholds, temperature, data hashes, test metrics): no pickle. Train with
+terms) and ``manifest.json`` (routes, thresholds, temperature, data hashes, test metrics): no pickle. A second stage lives in ``second_stage/``
+with the same three files; the first stage's manifest names it (``cascade``). Train with
 :func:`train_router` (``domainroute router train``), load with :func:`load_router`.
 """
 
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,6 +55,7 @@ PERSISTENCE_PRIOR = 0.7
 CLASSIFIER_FILE = "classifier.safetensors"
 LEXICON_FILE = "lexicon.json"
 MANIFEST_FILE = "manifest.json"
+SECOND_STAGE_DIR = "second_stage"
 
 
 class TextEncoder(Protocol):
@@ -270,6 +278,9 @@ class EmbeddingRouter:
         self.thresholds: RouterThresholds | None = None
         self.fit_report: dict[str, Any] = {}
         self.manifest: dict[str, Any] = {}
+        self.second: EmbeddingRouter | None = None
+        self.cascade_threshold = 0.0
+        self.cascade_report: dict[str, Any] = {}
 
     # -- plumbing -------------------------------------------------------------------------------------------
     @property
@@ -311,9 +322,24 @@ class EmbeddingRouter:
         return softmax(z / self.temperature)
 
     def predict_proba(self, queries: list[str]) -> np.ndarray:
-        """Calibrated probabilities, one column per entry of ``self.routes``."""
+        """Calibrated probabilities, one column per entry of ``self.routes`` (the second stage's where it decides)."""
         self._require_fitted()
-        return self._proba_fast([validate_query(q) for q in queries])
+        return self._cascade_proba([validate_query(q) for q in queries])[0]
+
+    def _cascade_proba(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities of the stage that decides each text, and a mask of the texts the second stage decides."""
+        p = self._proba_fast(texts)
+        second = self._needs_second(p)
+        if second.any():
+            assert self.second is not None
+            p = p.copy()
+            p[second] = self.second._proba_fast([t for t, s in zip(texts, second) if s])
+        return p, second
+
+    def _needs_second(self, p: np.ndarray) -> np.ndarray:
+        if self.second is None:
+            return np.zeros(len(p), dtype=bool)
+        return p.max(axis=1) < self.cascade_threshold
 
     # -- training -------------------------------------------------------------------------------------------
     def fit(self, examples: list[dict[str, str]], routes: list[str], validation: list[dict[str, str]] | None = None,
@@ -381,6 +407,49 @@ class EmbeddingRouter:
         }
         return self
 
+    def add_second_stage(self, second: "EmbeddingRouter", examples: list[dict[str, str]],
+                         validation: list[dict[str, str]]) -> "EmbeddingRouter":
+        """Fit ``second`` (unfitted, e.g. on a larger encoder) on the same data, and choose the cascade threshold on
+        ``validation``: the best accuracy with out-of-scope recall >= the target, then the fewest queries sent to
+        the second stage. The second stage decides a query when this router's top probability is under it."""
+        self._require_fitted()
+        assert self.thresholds is not None
+        if second.fitted or second.second is not None:
+            raise ValueError("add_second_stage takes an unfitted router")
+        second.fit(examples, self.routes, validation, min_confidence=self.thresholds.min_confidence)
+        q_va = [validate_query(e["query"]) for e in validation]
+        y = np.array([self.routes.index(e["route"]) for e in validation])
+        p1, p2 = self._proba_fast(q_va), second._proba_fast(q_va)
+        assert second.thresholds is not None
+        d1 = self._decide_many(p1, self.thresholds.abstain, self.thresholds.min_confidence)
+        d2 = second._decide_many(p2, second.thresholds.abstain, second.thresholds.min_confidence)
+        oos = self.routes.index(OUT_OF_SCOPE)
+        conf = p1.max(axis=1)
+        cands = np.unique(np.concatenate([[0.0], conf, [1.0 + 1e-9]]))
+
+        def score(t: float) -> tuple[float, float, float]:
+            use = conf < t
+            d = np.where(use, d2, d1)
+            rec = float((d[y == oos] == oos).mean()) if (y == oos).any() else 1.0
+            return float((d == y).mean()), rec, float(use.mean())
+
+        rows = [(float(t), *score(float(t))) for t in cands]
+        ok = [r for r in rows if r[2] >= self.oos_recall_target] or [r for r in rows if r[2] == max(x[2] for x in rows)]
+        best = max(r[1] for r in ok)
+        lowest = min(r[0] for r in ok if r[1] == best)  # fewest second-stage calls at the best accuracy
+        below = [t for t in cands if t < lowest]
+        t = (lowest + float(below[-1])) / 2 if below else lowest  # any t in (below, lowest] decides the same
+        acc, rec, share = score(t)
+        self.second, self.cascade_threshold = second, float(min(t, 1.0))
+        first_acc, first_rec, _ = score(0.0)
+        self.cascade_report = {
+            "cascade_threshold": round(self.cascade_threshold, 4), "validation_accuracy": round(acc, 4),
+            "validation_oos_recall": round(rec, 4), "validation_second_stage_share": round(share, 4),
+            "validation_accuracy_first_stage_only": round(first_acc, 4),
+            "validation_accuracy_second_stage_only": round(score(1.0 + 1e-9)[0], 4),
+        }
+        return self
+
     def _decide_many(self, p: np.ndarray, abstain: float, floors: dict[str, float]) -> np.ndarray:
         oos = self.routes.index(OUT_OF_SCOPE)
         top = p.argmax(axis=1)
@@ -440,7 +509,16 @@ class EmbeddingRouter:
         text = validate_query(query)
         if previous_route is not None and previous_route not in self.routes:
             raise ValueError(f"unknown previous_route {previous_route!r}; known: {', '.join(self.routes)}")
-        return self._decide(self._proba_fast([text])[0], text, previous_route)
+        return self._route_text(text, previous_route)[1]
+
+    def _route_text(self, text: str, previous_route: str | None) -> tuple[np.ndarray, RouteDecision, bool]:
+        """The deciding stage's probabilities, its decision, and whether the second stage decided."""
+        p = self._proba_fast([text])[0]
+        if self._needs_second(p[None, :])[0]:
+            assert self.second is not None
+            p = self.second._proba_fast([text])[0]
+            return p, self.second._decide(p, text, previous_route), True
+        return p, self._decide(p, text, previous_route), False
 
     def _decide(self, p: np.ndarray, text: str, previous_route: str | None) -> RouteDecision:
         assert self.thresholds is not None
@@ -477,17 +555,19 @@ class EmbeddingRouter:
         truth = [e["route"] for e in examples]
         times: list[float] = []
         if timed:
-            probs = []
+            probs, preds, seconds = [], [], []
             for text in texts:  # what route() does, keeping the probabilities for the calibration error
                 t0 = time.perf_counter()
-                p_one = self._proba_fast([text])[0]
-                self._decide(p_one, text, None)
+                p_one, decision, by_second = self._route_text(text, None)
                 times.append(time.perf_counter() - t0)
                 probs.append(p_one)
-            p = np.stack(probs)
+                preds.append(decision.route)
+                seconds.append(by_second)
+            p, second = np.stack(probs), np.array(seconds, dtype=bool)
         else:
-            p = self._proba_fast(texts)
-        preds = [self._decide(p_one, text, None).route for p_one, text in zip(p, texts)]
+            p, second = self._cascade_proba(texts)
+            preds = [(self.second if s and self.second is not None else self)._decide(p_one, text, None).route
+                     for p_one, text, s in zip(p, texts, second)]
         top_right = np.array([self.routes[i] for i in p.argmax(axis=1)]) == np.array(truth)
         labels = list(self.routes)
         prec, rec, f1, sup = precision_recall_fscore_support(truth, preds, labels=labels, zero_division=0)
@@ -503,6 +583,7 @@ class EmbeddingRouter:
             "out_of_scope_precision": per_route[OUT_OF_SCOPE]["precision"],
             "out_of_scope_recall": per_route[OUT_OF_SCOPE]["recall"],
             "ece": round(ece(p.max(axis=1), top_right), 4),
+            **({"second_stage_share": round(float(second.mean()), 4)} if self.second is not None else {}),
             **(percentiles_ms(times) if timed else {}),
         }
 
@@ -523,16 +604,27 @@ class EmbeddingRouter:
                            "follow_up_max_words": FOLLOW_UP_MAX_WORDS,
                            "min_confidence": self.thresholds.min_confidence},
             "fit": self.fit_report,
+            "cascade": ({"dir": SECOND_STAGE_DIR, "threshold": self.cascade_threshold,
+                         "encoder": self.second.encoder_name, **self.cascade_report}
+                        if self.second is not None else None),
             "previous_version": ({"version": old.get("version"), "test_metrics": old.get("test_metrics")}
                                  if old else None),
             **(extra or {}),
         }
+        stage_dir = model_dir / SECOND_STAGE_DIR
+        if self.second is not None:
+            self.second.save(stage_dir)
+        elif stage_dir.exists():
+            shutil.rmtree(stage_dir)
         write_linear_model(model_dir, self.coef, self.intercept, self.features, manifest)
         self.manifest = manifest
         return manifest
 
     @classmethod
-    def load(cls, model_dir: Path, *, embedder: TextEncoder | None = None) -> "EmbeddingRouter":
+    def load(cls, model_dir: Path, *, embedder: TextEncoder | None = None,
+             second_embedder: TextEncoder | None = None) -> "EmbeddingRouter":
+        """Load a saved router; a second stage (``cascade`` in the manifest) gets ``second_embedder`` (default: the
+        all-mpnet-base-v2 + MiniLM encoder, loaded on the first query that needs it)."""
         from safetensors.numpy import load_file
 
         model_dir = Path(model_dir)
@@ -559,6 +651,16 @@ class EmbeddingRouter:
                                              min_confidence={k: float(v) for k, v in th["min_confidence"].items()})
         router.fit_report = dict(manifest.get("fit", {}))
         router.manifest = manifest
+        cascade = manifest.get("cascade")
+        if cascade:
+            if second_embedder is None:
+                from domainroute.embeddings import mpnet_available, second_stage_embedder
+
+                mpnet_available()  # a missing weights package is a clear error now, not on the first hard query
+                second_embedder = second_stage_embedder()
+            router.second = cls.load(model_dir / str(cascade["dir"]), embedder=second_embedder)
+            router.cascade_threshold = float(cascade["threshold"])
+            router.cascade_report = {k: v for k, v in cascade.items() if k not in ("dir", "threshold", "encoder")}
         return router
 
 
@@ -601,8 +703,12 @@ def load_split(pack_dir: Path, split: str) -> list[dict[str, str]]:
     return [{"query": r["query"], "route": r["route"]} for r in splits_mod.read_jsonl(paths[split])]
 
 
-def train_router(pack_dir: Path, out_dir: Path | None = None, *, embedder: TextEncoder | None = None) -> dict[str, Any]:
+def train_router(pack_dir: Path, out_dir: Path | None = None, *, embedder: TextEncoder | None = None,
+                 second_stage: bool = True, second_embedder: TextEncoder | None = None) -> dict[str, Any]:
     """Train on the pack's ``router/`` data and save to ``out_dir`` (default ``<pack>/router/model``).
+
+    ``second_stage``: also train the second stage (``second_embedder``, default all-mpnet-base-v2 + MiniLM) and
+    choose the cascade threshold on validation.
 
     Updates the splits first if ``queries.jsonl`` has rows they do not hold (old rows never move), adds the
     pack.toml ``examples`` to training, checks every pack route has data, and records the test metrics.
@@ -636,6 +742,12 @@ def train_router(pack_dir: Path, out_dir: Path | None = None, *, embedder: TextE
 
     t0 = time.perf_counter()
     router = EmbeddingRouter(embedder).fit(train + extra, routes, validation, min_confidence=_pack_floors(pack))
+    if second_stage:
+        if second_embedder is None:
+            from domainroute.embeddings import second_stage_embedder
+
+            second_embedder = second_stage_embedder()
+        router.add_second_stage(EmbeddingRouter(second_embedder), train + extra, validation)
     train_seconds = time.perf_counter() - t0
     metrics = router.evaluate(test)
     out_dir = Path(out_dir) if out_dir is not None else pack_dir / "router" / "model"
@@ -652,9 +764,10 @@ def train_router(pack_dir: Path, out_dir: Path | None = None, *, embedder: TextE
     })
 
 
-def load_router(model_dir: Path, pack: Pack, *, embedder: TextEncoder | None = None) -> EmbeddingRouter:
+def load_router(model_dir: Path, pack: Pack, *, embedder: TextEncoder | None = None,
+                second_embedder: TextEncoder | None = None) -> EmbeddingRouter:
     """Load a saved router for ``pack``; the pack's per-route ``min_confidence`` applies at inference."""
-    router = EmbeddingRouter.load(model_dir, embedder=embedder)
+    router = EmbeddingRouter.load(model_dir, embedder=embedder, second_embedder=second_embedder)
     if set(router.routes) != set(pack.route_names):
         raise ConfigError(
             f"the router model in {model_dir} was trained for routes {sorted(router.routes)} but the pack declares "
@@ -663,9 +776,16 @@ def load_router(model_dir: Path, pack: Pack, *, embedder: TextEncoder | None = N
         raise ConfigError(f"the router model in {model_dir} was trained with encoder "
                           f"{router.manifest.get('encoder')!r}, "
                           f"not {router.encoder_name!r}; run `domainroute router train`")
+    if router.second is not None and router.manifest["cascade"].get("encoder") != router.second.encoder_name:
+        raise ConfigError(f"the router model's second stage in {model_dir} was trained with encoder "
+                          f"{router.manifest['cascade'].get('encoder')!r}, not {router.second.encoder_name!r}; "
+                          "run `domainroute router train`")
     assert router.thresholds is not None
-    router.thresholds = RouterThresholds(abstain=router.thresholds.abstain, follow_up=router.thresholds.follow_up,
-                                         min_confidence={r: _pack_floors(pack).get(r, 0.0) for r in router.routes})
+    for stage in (router, router.second):
+        if stage is not None and stage.thresholds is not None:
+            stage.thresholds = RouterThresholds(
+                abstain=stage.thresholds.abstain, follow_up=stage.thresholds.follow_up,
+                min_confidence={r: _pack_floors(pack).get(r, 0.0) for r in stage.routes})
     return router
 
 

@@ -1,4 +1,5 @@
-"""Router comparison on the same test split: this router, aurelio semantic-router 1.1.1, TF-IDF + LR, zero-shot.
+"""Router comparison on the same test split: this router (and each of its two stages), aurelio semantic-router 1.1.1
+on each of the two encoders, TF-IDF + LR, zero-shot.
 
     .venv/bin/python benchmarks/router_compare.py            # writes docs/benchmarks/router.md
 
@@ -77,14 +78,30 @@ def timed(predict: Callable[[str], str], queries: list[str]) -> tuple[list[str],
     return preds, seconds
 
 
-def run_this_router(pack_dir: Path, test: list[dict], routes: list[str]) -> Result:
+def run_this_router(pack_dir: Path, test: list[dict], routes: list[str]) -> list[Result]:
+    """The committed model, then each of its stages alone (same weights and thresholds)."""
+    import copy
+
     from domainroute.agents.router import load_router
     from domainroute.pack import load_pack
 
     router = load_router(pack_dir / "router" / "model", load_pack(pack_dir))
-    preds, secs = timed(lambda q: router.route(q).route, [e["query"] for e in test])
-    return Result("domainroute EmbeddingRouter (committed model: MiniLM + TF-IDF features, LR)",
-                  metrics([e["route"] for e in test], preds, secs, routes), predict=lambda q: router.route(q).route)
+    assert router.second is not None, "the committed model has no second stage"
+    first = copy.copy(router)
+    first.second = None
+    second = router.second
+    share = router.evaluate(test, timed=False)["second_stage_share"]
+    out = []
+    for name, r, note in (
+            ("domainroute EmbeddingRouter (committed model: MiniLM + TF-IDF features, LR; queries under "
+             f"{router.cascade_threshold:.3f} confidence go to the second stage)", router,
+             f"second stage decided {share:.1%} of the test queries"),
+            ("its first stage alone (MiniLM + TF-IDF features, LR)", first, ""),
+            ("its second stage alone (all-mpnet-base-v2 + MiniLM + TF-IDF features, LR)", second, "")):
+        preds, secs = timed(lambda q, r=r: r.route(q).route, [e["query"] for e in test])
+        out.append(Result(name, metrics([e["route"] for e in test], preds, secs, routes), note=note,
+                          predict=lambda q, r=r: r.route(q).route))
+    return out
 
 
 def run_embeddings_only(pack_dir: Path, train: list[dict], val: list[dict], test: list[dict],
@@ -100,14 +117,16 @@ def run_embeddings_only(pack_dir: Path, train: list[dict], val: list[dict], test
                   metrics([e["route"] for e in test], preds, secs, routes), predict=lambda q: router.route(q).route)
 
 
-def run_semantic_router(train: list[dict], val: list[dict], test: list[dict], routes: list[str]) -> Result:
+def run_semantic_router(train: list[dict], val: list[dict], test: list[dict], routes: list[str],
+                        encoder_name: str = "MiniLM") -> Result:
     import semantic_router
     from semantic_router import IndexedRouter, Route
     from semantic_router.encoders import HuggingFaceEncoder
 
-    from domainroute.embeddings import encoder_path
+    from domainroute.embeddings import encoder_path, mpnet_path
 
-    encoder = HuggingFaceEncoder(name=str(encoder_path()), device="cpu")
+    path = encoder_path() if encoder_name == "MiniLM" else mpnet_path()
+    encoder = HuggingFaceEncoder(name=str(path), device="cpu")
     domain = [r for r in routes if r != OOS]
     sr_routes = [Route(name=r, utterances=[e["query"] for e in train if e["route"] == r]) for r in domain]
     router = IndexedRouter(encoder=encoder, routes=sr_routes)  # top_k=5, mean aggregation (its defaults)
@@ -122,7 +141,7 @@ def run_semantic_router(train: list[dict], val: list[dict], test: list[dict], ro
         return router(q).name or OOS
 
     preds, secs = timed(predict, [e["query"] for e in test])
-    return Result(f"aurelio semantic-router {semantic_router.__version__} IndexedRouter (same MiniLM, Platt fit)",
+    return Result(f"aurelio semantic-router {semantic_router.__version__} IndexedRouter ({encoder_name}, Platt fit)",
                   metrics([e["route"] for e in test], preds, secs, routes),
                   note=f"calibration fit: top-1 accuracy {report.accuracy:.3f}, ECE {report.ece:.3f} on validation; "
                        f"confidence_threshold {router.confidence_threshold:.3f}", predict=predict)
@@ -248,9 +267,10 @@ def main() -> int:
     routes = load_pack(pack_dir).route_names
     train, val, test = (load_split(pack_dir, s) for s in ("train", "validation", "test"))
     load_before = os.getloadavg()[0]
-    results = [run_this_router(pack_dir, test, routes),
+    results = [*run_this_router(pack_dir, test, routes),
                run_embeddings_only(pack_dir, train, val, test, routes),
                run_semantic_router(train, val, test, routes),
+               run_semantic_router(train, val, test, routes, "all-mpnet-base-v2"),
                run_tfidf(train, val, test, routes),
                run_zero_shot(pack_dir, test, routes)]
     load_after = os.getloadavg()[0]
@@ -261,7 +281,10 @@ def main() -> int:
                  f"{mt['p50_ms']:.1f} ms, p95 {mt['p95_ms']:.1f} ms with torch threads = {ctx.get('torch_threads')} "
                  f"at load average {ctx.get('load_average_1m')}; top-1 accuracy before abstaining "
                  f"{mt['top1_accuracy_before_abstain']:.3f}, abstain threshold {manifest['thresholds']['abstain']:.3f}, "
-                 f"test ECE {mt['ece']:.3f}.")
+                 f"test ECE {mt['ece']:.3f}; second stage below confidence {manifest['cascade']['threshold']:.3f} "
+                 f"(chosen on validation: accuracy {manifest['cascade']['validation_accuracy']:.3f} against "
+                 f"{manifest['cascade']['validation_accuracy_first_stage_only']:.3f} for the first stage alone, "
+                 f"{manifest['cascade']['validation_second_stage_share']:.1%} of validation queries sent on).")
     doc = "\n".join([
         "# Router comparison",
         "",
@@ -287,9 +310,9 @@ def main() -> int:
         *notes,
         f"- Latency: one query at a time, torch threads = {threads}, CPU, on a shared machine (load average "
         f"{load_before:.1f} before, {load_after:.1f} after). The encoder forward pass dominates every embedding row; "
-        f"domainroute's rows run MiniLM on the `{_encoder_backend()}` backend (domainroute/embeddings.py: ONNX Runtime "
-        "export of the same weights, or sentence-transformers), semantic-router on its own sentence-transformers "
-        "encoder.",
+        f"domainroute's rows run MiniLM (and all-mpnet-base-v2 in the second stage) on the `{_encoder_backend()}` "
+        "backend (domainroute/embeddings.py: ONNX Runtime export of the same weights, or sentence-transformers), "
+        "semantic-router on its own sentence-transformers encoder.",
         "- semantic-router: domain routes hold the training queries as utterances; out-of-scope is \"no route\" "
         "(label None), which is how that library models it.",
         "",

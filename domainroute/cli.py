@@ -238,7 +238,7 @@ def cmd_router(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     if args.action == "train":
-        manifest = router_mod.train_router(settings.pack_dir)
+        manifest = router_mod.train_router(settings.pack_dir, second_stage=not args.no_second_stage)
         print(json.dumps(manifest.get("test_metrics", manifest), indent=2, default=str))
         return 0
     from domainroute.pack import load_pack
@@ -329,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
             "domainroute router train")
     p.add_argument("action", choices=["train", "eval"])
     p.add_argument("--split", default="test", choices=["train", "validation", "test"], help="split for eval")
+    p.add_argument("--no-second-stage", action="store_true",
+                   help="train: skip the second stage (all-mpnet-base-v2 + MiniLM for queries the first stage is "
+                        "unsure of); one encoder, faster, less accurate")
 
     import importlib
     import pkgutil

@@ -33,16 +33,20 @@ FILLERS = ["is my {a} covered", "question about the {a} and the {b}", "{a} {b} h
 
 
 class FakeEmbedder:
-    """Deterministic hashed bag of words: the same interface as the real encoder, no model to load."""
+    """Deterministic hashed bag of words: the same interface as the real encoder, no model to load.
 
-    name = "fake-hash-embedder"
-    dim = 64
+    ``dim``/``name`` make a second, different encoder (for the second stage); ``calls`` counts encoded texts."""
+
+    def __init__(self, dim: int = 64, name: str = "fake-hash-embedder"):
+        self.dim, self.name, self.calls = dim, name, 0
 
     def encode(self, texts: list[str]) -> np.ndarray:
+        self.calls += len(texts)
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for i, text in enumerate(texts):
             for word in re.findall(r"[a-z0-9]+", text.lower()):
-                seed = int.from_bytes(hashlib.sha256(word.encode()).digest()[:8], "little")
+                key = word if self.dim == 64 else f"{self.dim}:{word}"  # another dim: other vectors
+                seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
                 out[i] += np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
             norm = np.linalg.norm(out[i])
             out[i] = out[i] / norm if norm else out[i]
@@ -196,7 +200,7 @@ def write_pack(root: Path, routes: list[str], rows: list[dict[str, str]]) -> Pat
 
 def test_train_router_writes_splits_model_and_manifest(tmp_path: Path) -> None:
     pack_dir = write_pack(tmp_path / "pack", ROUTES, make_examples())
-    manifest = train_router(pack_dir, embedder=FakeEmbedder())
+    manifest = train_router(pack_dir, embedder=FakeEmbedder(), second_embedder=FakeEmbedder(96, "fake-large"))
     model_dir = pack_dir / "router" / "model"
     assert (model_dir / "manifest.json").exists()
     for s in ("train", "validation", "test"):
@@ -205,26 +209,29 @@ def test_train_router_writes_splits_model_and_manifest(tmp_path: Path) -> None:
     assert len(manifest["data"]["sha256"]) == 64
     assert manifest["test_metrics"]["accuracy"] > 0.6
     assert set(manifest["thresholds"]) >= {"abstain", "follow_up", "min_confidence"}
-    router = load_router(model_dir, load_pack(pack_dir), embedder=FakeEmbedder())
+    router = load_router(model_dir, load_pack(pack_dir), embedder=FakeEmbedder(),
+                         second_embedder=FakeEmbedder(96, "fake-large"))
     assert router.route("collision with my car").route == "auto"
 
 
 def test_adding_a_route_needs_retraining_and_then_routes(tmp_path: Path) -> None:
     pack_dir = write_pack(tmp_path / "pack", ROUTES, make_examples())
-    train_router(pack_dir, embedder=FakeEmbedder())
+    train_router(pack_dir, embedder=FakeEmbedder(), second_embedder=FakeEmbedder(96, "fake-large"))
     travel = ["flight", "luggage", "passport", "airline", "trip", "cruise", "hotel", "visa", "airport", "itinerary"]
     travel_rows = [{"query": t.format(a=a, b=travel[(i + j + 3) % 10]), "route": "travel"}
                    for i, a in enumerate(travel) for j, t in enumerate(FILLERS)]
     routes = ROUTES[:-1] + ["travel", "out_of_scope"]
     write_pack(pack_dir, routes, make_examples() + travel_rows)
     with pytest.raises(ConfigError, match="domainroute router train"):
-        load_router(pack_dir / "router" / "model", load_pack(pack_dir), embedder=FakeEmbedder())
+        load_router(pack_dir / "router" / "model", load_pack(pack_dir), embedder=FakeEmbedder(),
+                         second_embedder=FakeEmbedder(96, "fake-large"))
     old_test = (pack_dir / "router" / "test.jsonl").read_text(encoding="utf-8").splitlines()
-    manifest = train_router(pack_dir, embedder=FakeEmbedder())
+    manifest = train_router(pack_dir, embedder=FakeEmbedder(), second_embedder=FakeEmbedder(96, "fake-large"))
     assert "travel" in manifest["routes"] and manifest["version"] == 2
     new_test = (pack_dir / "router" / "test.jsonl").read_text(encoding="utf-8").splitlines()
     assert set(old_test) <= set(new_test)  # old rows kept their split
-    router = load_router(pack_dir / "router" / "model", load_pack(pack_dir), embedder=FakeEmbedder())
+    router = load_router(pack_dir / "router" / "model", load_pack(pack_dir), embedder=FakeEmbedder(),
+                         second_embedder=FakeEmbedder(96, "fake-large"))
     assert router.route("lost luggage on my flight").route == "travel"
 
 
@@ -232,7 +239,7 @@ def test_train_router_rejects_undeclared_routes(tmp_path: Path) -> None:
     rows = make_examples() + [{"query": f"boat {i} hull", "route": "marine"} for i in range(10)]
     pack_dir = write_pack(tmp_path / "pack", ROUTES, rows)
     with pytest.raises(ConfigError, match="marine"):
-        train_router(pack_dir, embedder=FakeEmbedder())
+        train_router(pack_dir, embedder=FakeEmbedder(), second_embedder=FakeEmbedder(96, "fake-large"))
 
 
 # --- splits ------------------------------------------------------------------------------------------------------
@@ -278,3 +285,88 @@ def test_fast_inference_path_matches_the_training_design(fitted: EmbeddingRouter
     queries = ["car crash towing", "mold in the attic", "zzz", "a poem about football and my premium"]
     slow = fitted._proba(fitted._design(queries))
     np.testing.assert_allclose(fitted.predict_proba(queries), slow, rtol=1e-5, atol=1e-6)
+
+
+# --- the second stage (cascade) ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cascade() -> EmbeddingRouter:
+    rows = make_examples()
+    parts = splits.assign_splits(rows, splits.route_label, ratios=(0.7, 0.3, 0.0))
+    first = EmbeddingRouter(FakeEmbedder(), lexical=False).fit(parts["train"], ROUTES, parts["validation"])
+    return first.add_second_stage(EmbeddingRouter(FakeEmbedder(96, "fake-large")), parts["train"],
+                                  parts["validation"])
+
+
+def test_second_stage_threshold_is_chosen_on_validation(cascade: EmbeddingRouter) -> None:
+    report = cascade.cascade_report
+    assert 0.0 < cascade.cascade_threshold <= 1.0
+    assert report["validation_oos_recall"] >= cascade.oos_recall_target
+    # first stage only (threshold 0) and second stage only are candidates: the choice is at least as accurate
+    assert report["validation_accuracy"] >= report["validation_accuracy_first_stage_only"]
+    assert report["validation_accuracy"] >= report["validation_accuracy_second_stage_only"]
+    assert 0.0 < report["validation_second_stage_share"] < 1.0
+
+
+def test_second_stage_decides_exactly_the_unsure_queries(cascade: EmbeddingRouter) -> None:
+    assert cascade.second is not None
+    queries = [r["query"] for r in make_examples()][::3]
+    first_p = cascade._proba_fast(queries)
+    unsure = first_p.max(axis=1) < cascade.cascade_threshold
+    assert unsure.any() and not unsure.all(), "fixture should give both kinds of query"
+    second_p = cascade.second._proba_fast(queries)
+    p = cascade.predict_proba(queries)
+    np.testing.assert_allclose(p[unsure], second_p[unsure], rtol=1e-6)
+    np.testing.assert_allclose(p[~unsure], first_p[~unsure], rtol=1e-6)
+    embedder = cascade.second.embedder
+    for q, u in zip(queries, unsure):
+        before = embedder.calls
+        decision = cascade.route(q)
+        assert embedder.calls - before == int(u), q  # the large encoder runs only for unsure queries
+        stage = cascade.second if u else cascade
+        assert decision == stage._decide(stage._proba_fast([q])[0], q, None)
+
+
+def test_evaluate_reports_the_second_stage_share(cascade: EmbeddingRouter) -> None:
+    rows = make_examples()[::2]
+    timed, batch = cascade.evaluate(rows), cascade.evaluate(rows, timed=False)
+    assert timed["accuracy"] == batch["accuracy"]
+    assert timed["second_stage_share"] == batch["second_stage_share"]
+    conf = cascade._proba_fast([r["query"] for r in rows]).max(axis=1)
+    assert batch["second_stage_share"] == round(float((conf < cascade.cascade_threshold).mean()), 4)
+
+
+def test_second_stage_round_trip(cascade: EmbeddingRouter, tmp_path: Path) -> None:
+    manifest = cascade.save(tmp_path / "model")
+    assert manifest["cascade"]["dir"] == "second_stage" and manifest["cascade"]["encoder"] == "fake-large"
+    assert sorted(p.name for p in (tmp_path / "model" / "second_stage").iterdir()) == [
+        "classifier.safetensors", "lexicon.json", "manifest.json"]
+    loaded = EmbeddingRouter.load(tmp_path / "model", embedder=FakeEmbedder(),
+                                  second_embedder=FakeEmbedder(96, "fake-large"))
+    queries = [r["query"] for r in make_examples()][::5]
+    assert loaded.cascade_threshold == cascade.cascade_threshold
+    np.testing.assert_allclose(loaded.predict_proba(queries), cascade.predict_proba(queries), rtol=1e-5, atol=1e-6)
+    # retraining without a second stage removes the old one
+    single = EmbeddingRouter.load(tmp_path / "model", embedder=FakeEmbedder(),
+                                  second_embedder=FakeEmbedder(96, "fake-large"))
+    single.second = None
+    assert single.save(tmp_path / "model")["cascade"] is None
+    assert not (tmp_path / "model" / "second_stage").exists()
+
+
+def test_add_second_stage_takes_an_unfitted_router(cascade: EmbeddingRouter) -> None:
+    assert cascade.second is not None
+    with pytest.raises(ValueError, match="unfitted"):
+        cascade.add_second_stage(cascade.second, make_examples(), make_examples())
+
+
+def test_second_stage_encoder_mismatch_says_retrain(tmp_path: Path) -> None:
+    pack_dir = write_pack(tmp_path / "pack", ROUTES, make_examples())
+    train_router(pack_dir, embedder=FakeEmbedder(), second_embedder=FakeEmbedder(96, "fake-large"))
+    with pytest.raises(ConfigError, match="second stage.*domainroute router train"):
+        load_router(pack_dir / "router" / "model", load_pack(pack_dir), embedder=FakeEmbedder(),
+                    second_embedder=FakeEmbedder(96, "another-encoder"))
+    manifest = train_router(pack_dir, embedder=FakeEmbedder(), second_stage=False)
+    assert manifest["cascade"] is None
+    router = load_router(pack_dir / "router" / "model", load_pack(pack_dir), embedder=FakeEmbedder())
+    assert router.second is None and "second_stage_share" not in router.evaluate(make_examples()[:20])
