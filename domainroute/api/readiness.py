@@ -29,12 +29,21 @@ def _check_store(service: AgentService) -> None:
     retriever.search("warm up", tenant=service.settings.tenant, k=1)  # loads the embedder once
 
 
+def _warm_router(router: Any) -> None:
+    """A first call loads a lazily built encoder; a two-stage router loads both (``warm``)."""
+    warm = getattr(router, "warm", None)
+    if callable(warm):
+        warm()
+    else:
+        router.route("warm up")
+
+
 def check(service: AgentService) -> dict[str, str]:
     """Load each component; 'ok' or 'error: <why>' per component. Blocking: run it in a worker thread."""
     steps: dict[str, Callable[[], Any]] = {
         "pack": lambda: service.pack,
         "model": lambda: _load_model(service.chat_model),
-        "router": lambda: service.router.route("warm up"),  # a first call loads a lazily built encoder
+        "router": lambda: _warm_router(service.router),
         "escalation_policy": lambda: service.escalation_policy.decide("warm up", None),
         "store": lambda: _check_store(service),
         "checkpointer": lambda: service.checkpointer,

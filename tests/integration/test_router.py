@@ -53,6 +53,13 @@ def test_second_stage_decides_the_unsure_minority(router: EmbeddingRouter, test_
     confident = "my windshield cracked on the highway, is that covered under comprehensive?"
     assert router._proba_fast([confident]).max() >= router.cascade_threshold
     assert router.route(confident).route == "auto"
+    # validation queries the first stage alone refuses and the second stage routes right (mpnet really runs)
+    for query, route in [("headlight cracked", "auto"),
+                         ("mail carrier slipped on my icy steps and says she is going to sue me", "home")]:
+        p = router._proba_fast([query])[0]
+        assert p.max() < router.cascade_threshold
+        assert router._decide(p, query, None).route == "out_of_scope"
+        assert router.route(query).route == route, query
 
 
 def test_no_regression_on_the_test_split(test_metrics: dict) -> None:

