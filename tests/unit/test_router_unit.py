@@ -415,6 +415,10 @@ def test_a_changed_or_missing_second_stage_is_an_error(cascade: EmbeddingRouter,
     other.save(model / "second_stage")  # e.g. a save of the pair that stopped half-way
     with pytest.raises(ConfigError, match="not the second stage.*domainroute router train"):
         EmbeddingRouter.load(model, **kw)
+    cascade.save(model)
+    (model / "second_stage" / "lexicon.json").write_text("{}", encoding="utf-8")  # one file of the three
+    with pytest.raises(ConfigError, match="not the second stage"):
+        EmbeddingRouter.load(model, **kw)
     shutil.rmtree(model / "second_stage")
     with pytest.raises(ConfigError, match="missing"):
         EmbeddingRouter.load(model, **kw)
@@ -437,5 +441,12 @@ def test_stages_with_different_route_orders_are_an_error(cascade: EmbeddingRoute
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     manifest["routes"] = list(reversed(manifest["routes"]))
     manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
+    kw = {"embedder": FakeEmbedder(), "second_embedder": FakeEmbedder(96, "fake-large")}
+    with pytest.raises(ConfigError, match="not the second stage"):  # an edited file breaks the pin
+        EmbeddingRouter.load(model, **kw)
+    first_path = model / "manifest.json"  # re-pinned (as a deliberate edit would be): the routes check remains
+    first = json.loads(first_path.read_text(encoding="utf-8"))
+    first["cascade"]["files"]["manifest.json"] = hashlib.sha256(manifest_path.read_bytes()).hexdigest()
+    first_path.write_text(json.dumps(first), encoding="utf-8")
     with pytest.raises(ConfigError, match="has routes"):
-        EmbeddingRouter.load(model, embedder=FakeEmbedder(), second_embedder=FakeEmbedder(96, "fake-large"))
+        EmbeddingRouter.load(model, **kw)
