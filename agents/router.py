@@ -17,8 +17,9 @@ What it decides, in order:
    first stage.
 
 The model is ``classifier.safetensors`` (coefficients, intercepts, idf weights), ``lexicon.json`` (the TF-IDF
-terms) and ``manifest.json`` (routes, thresholds, temperature, data hashes, test metrics): no pickle. A second stage lives in ``second_stage/``
-with the same three files; the first stage's manifest names it (``cascade``). Train with
+terms) and ``manifest.json`` (routes, thresholds, temperature, data hashes, test metrics): no pickle. A second
+stage lives in ``second_stage/`` with the same three files, pinned by their hashes in the first stage's manifest
+(``cascade``). Train with
 :func:`train_router` (``domainroute router train``), load with :func:`load_router`.
 """
 
@@ -619,8 +620,10 @@ class EmbeddingRouter:
             **(extra or {}),
         }
         stage_dir = model_dir / SECOND_STAGE_DIR
-        if self.second is not None:  # written first; the manifest below pins it by hash, so a half-done save of
-            self.second.save(stage_dir)  # the pair is an error at load, never a silent mix of old and new
+        if self.second is not None:
+            # written first and pinned by hash in the manifest written last: a save that stops half-way is an error
+            # at load, never a silent mix of an old and a new stage
+            self.second.save(stage_dir)
             manifest["cascade"] = {"dir": SECOND_STAGE_DIR, "threshold": self.cascade_threshold,
                                    "encoder": self.second.encoder_name, "files": _stage_files(stage_dir),
                                    **self.cascade_report}
@@ -634,7 +637,8 @@ class EmbeddingRouter:
     def load(cls, model_dir: Path, *, embedder: TextEncoder | None = None,
              second_embedder: TextEncoder | None = None) -> "EmbeddingRouter":
         """Load a saved router; a second stage (``cascade`` in the manifest) gets ``second_embedder`` (default: the
-        all-mpnet-base-v2 + MiniLM encoder, loaded on the first query that needs it)."""
+        all-mpnet-base-v2 + MiniLM encoder; its weights are unpacked and checked here, its session starts on the
+        first query that needs it, or in :meth:`warm`)."""
         from safetensors.numpy import load_file
 
         model_dir = Path(model_dir)

@@ -110,11 +110,6 @@ def _mpnet_parts() -> list[Path]:
     return parts
 
 
-def mpnet_available() -> None:
-    """Raise :class:`ConfigError` (saying what to install) unless the all-mpnet-base-v2 packages are installed."""
-    _mpnet_parts()
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:

