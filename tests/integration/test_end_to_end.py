@@ -103,13 +103,15 @@ def test_unknown_thread_is_exit_2(data_dir):
 
 def test_jsonl_contracts_answer_every_line(data_dir):
     lines = [b'{"query": "my car was hit in a parking lot"}', b'{"query": "tell me a joke"}', b'{"query": ""}',
-             b"\xff\xfe not utf8", b'{"query": "is my EOB wrong?"}']
+             b"\xff\xfe not utf8", b'{"query": "is my EOB wrong?"}',
+             b'{"query": "headlight cracked"}']  # the router's second stage decides this one (test_router.py)
     out = run_cli(["route", "--jsonl"], data_dir, stdin=b"\n".join(lines) + b"\n")
     rows = [json.loads(x) for x in out.stdout.splitlines()]
-    assert len(rows) == 5 and out.returncode == 2
+    assert len(rows) == 6 and out.returncode == 2
     assert rows[0]["route"] == "auto" and rows[1]["route"] == "out_of_scope" and rows[4]["route"] == "health"
+    assert rows[5]["route"] == "auto"
     assert "error" in rows[2] and "error" in rows[3]
-    assert all(0.0 <= r["confidence"] <= 1.0 for r in rows if "route" in r)
+    assert all(set(r) == {"route", "confidence"} and 0.0 <= r["confidence"] <= 1.0 for r in rows if "route" in r)
 
     cases = [
         {"query": "my lawyer will call you", "claim": None},
