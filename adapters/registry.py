@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from domainroute.errors import ConfigError
+from domainroute.hashing import sha256_file
 
 MANIFEST = "manifest.json"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -60,14 +61,6 @@ def check_base(entries: dict[str, AdapterEntry], base_sha256: str) -> None:
                 f"adapter {entry.adapter_id!r} was trained on base model sha256 {entry.base_sha256[:12]}..., "
                 f"but the loaded base is {base_sha256[:12]}...; retrain it with `domainroute adapters train {entry.domain}`"
             )
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def base_weights_sha256(model_dir: Path) -> str:

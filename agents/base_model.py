@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from domainroute.graphs.prompts import SYSTEM_PROMPT, content_words, sentences, snippet, user_prompt
+from domainroute.hashing import sha256_file
 from domainroute.retrievers.base import Chunk
 from domainroute.retrievers.ingest import load_chunks
 from domainroute.schemas import Passage
@@ -203,14 +204,6 @@ def _encode(example: dict[str, Any], tokenizer, max_len: int) -> tuple[list[int]
     ids = (p_ids + a_ids)[-max_len:]
     labels = ([-100] * len(p_ids) + a_ids)[-max_len:]
     return ids, labels
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def train_base(kb_dir: Path, out_dir: Path, cfg: BaseModelConfig, *, progress: bool = True) -> dict[str, Any]:

@@ -39,6 +39,7 @@ import numpy as np
 
 from domainroute.agents import splits as splits_mod
 from domainroute.errors import ConfigError
+from domainroute.hashing import sha256_file
 from domainroute.pack import OUT_OF_SCOPE, Pack, load_pack
 from domainroute.schemas import RouteDecision, validate_query
 
@@ -90,10 +91,6 @@ def ece(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
 def percentiles_ms(seconds: Sequence[float]) -> dict[str, float]:
     ms = np.asarray(seconds, dtype=float) * 1000.0
     return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p95_ms": round(float(np.percentile(ms, 95)), 3)}
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def sha256_files(paths: Sequence[Path]) -> str:

