@@ -104,13 +104,16 @@ def test_unknown_thread_is_exit_2(data_dir):
 def test_jsonl_contracts_answer_every_line(data_dir):
     lines = [b'{"query": "my car was hit in a parking lot"}', b'{"query": "tell me a joke"}', b'{"query": ""}',
              b"\xff\xfe not utf8", b'{"query": "is my EOB wrong?"}',
-             b'{"query": "headlight cracked"}']  # the router's second stage decides this one (test_router.py)
+             b'{"query": "headlight cracked"}',  # the router's second stage decides this one (test_router.py)
+             b'{"id": 7, "query": "when is my premium due", "label": "billing"}',  # extra fields: ignored
+             b'{"id": 8, "text": "when is my premium due"}']
     out = run_cli(["route", "--jsonl"], data_dir, stdin=b"\n".join(lines) + b"\n")
     rows = [json.loads(x) for x in out.stdout.splitlines()]
-    assert len(rows) == 6 and out.returncode == 2
+    assert len(rows) == 8 and out.returncode == 2
     assert rows[0]["route"] == "auto" and rows[1]["route"] == "out_of_scope" and rows[4]["route"] == "health"
-    assert rows[5]["route"] == "auto"
+    assert rows[5]["route"] == "auto" and rows[6]["route"] == "billing"
     assert "error" in rows[2] and "error" in rows[3]
+    assert rows[7] == {"error": "line 8: missing 'query' (fields given: ['id', 'text'])"}
     assert all(set(r) == {"route", "confidence"} and 0.0 <= r["confidence"] <= 1.0 for r in rows if "route" in r)
 
     cases = [
@@ -120,14 +123,19 @@ def test_jsonl_contracts_answer_every_line(data_dir):
         {"query": "how do I upload photos?", "claim": {"line": "home", "amount": 60000, "policy_age_days": 400,
                                                         "prior_claims_12m": 0, "contacts_on_claim": 1}},
         {"query": "status?", "claim": {"line": "auto", "amount": -5}},
+        {"id": "c5", "query": "my lawyer will call you"},  # extra field ignored, a missing claim is null
+        {"query": "status?", "claim": {"line": "auto", "amount": 100, "policy_age_days": 400,
+                                        "prior_claims_12m": 0, "contacts_on_claim": 1, "adjuster": "x"}},
     ]
     out = run_cli(["escalation", "--jsonl"], data_dir, stdin="\n".join(json.dumps(c) for c in cases).encode() + b"\n")
     rows = [json.loads(x) for x in out.stdout.splitlines()]
-    assert len(rows) == 4
+    assert len(rows) == 6
     assert rows[0]["escalate"] is True and "legal" in rows[0]["reasons"]
     assert rows[1]["escalate"] is False
     assert rows[2]["escalate"] is True and "large_loss" in rows[2]["reasons"]
     assert "error" in rows[3]
+    assert rows[4] == rows[0]
+    assert "adjuster" in rows[5]["error"]
     assert all(set(r) == {"escalate", "score", "reasons"} for r in rows[:3])
 
 
