@@ -1,6 +1,8 @@
-"""Escalation comparison on the test split: the learned policy vs a keyword baseline vs the base model zero-shot.
+"""Escalation comparison on the test split: the learned policy vs a keyword baseline vs the base model zero-shot;
+then the same systems on the independent challenge set (``escalation/challenge.jsonl``, evaluation only).
 
     .venv/bin/python benchmarks/escalation_compare.py        # writes docs/benchmarks/escalation.md
+    .venv/bin/python benchmarks/escalation_compare.py --also git:bbe5e12   # + version 2, as committed then
 
 The keyword baseline is the comparison, not the policy: regular expressions per text trigger (written once from the
 labelling guideline in the dataset card, not tuned on any split), the injury rule applied by line, and the same
@@ -130,59 +132,117 @@ def timed(policy, rows: list[dict]) -> tuple[list, list[float]]:
     return decisions, seconds
 
 
-def main() -> int:
-    import torch
+def score_table(systems: list, rows: list[dict], limits, *, timed_rows: bool) -> tuple[str, list[dict]]:
+    """One row per system: recall, precision, text-only figures, per-trigger recall (and p50 when timed)."""
+    from domainroute.agents.escalation import score_decisions
 
-    from domainroute.agents.escalation import load_escalation_policy, load_split, score_decisions
-    from domainroute.pack import load_pack
-    from domainroute.embeddings import default_embedder
-    from domainroute.settings import BUNDLED_PACK, Settings
-
-    threads = int(os.environ.get("BENCH_TORCH_THREADS", "1"))
-    torch.set_num_threads(threads)
-    pack = load_pack(BUNDLED_PACK)
-    test = load_split(BUNDLED_PACK, "test")
-    load_before = os.getloadavg()[0]
-    systems = [("domainroute LearnedEscalationPolicy (committed model)",
-                load_escalation_policy(BUNDLED_PACK / "escalation" / "model", pack)),
-               ("keyword baseline (regexes + the same limits)", KeywordPolicy(pack.escalation.limits))]
-    base_path = Settings().base_model_path
-    zero_shot = ZeroShotBaseModelPolicy(base_path, pack.escalation.limits)
-    systems.append((f"base model `{zero_shot.name}` zero-shot (6 yes/no questions + the same limits)", zero_shot))
-    rows = []
+    out = []
     for name, policy in systems:
-        decisions, seconds = timed(policy, test)
-        m = score_decisions(test, decisions, pack.escalation.limits)
-        m["p50_ms"] = float(np.percentile(np.asarray(seconds) * 1000, 50))
-        rows.append((name, m))
-    load_after = os.getloadavg()[0]
-    manifest = json.loads((BUNDLED_PACK / "escalation" / "model" / "manifest.json").read_text(encoding="utf-8"))
-    mt, ctx = manifest["test_metrics"], manifest.get("latency_context", {})
-
+        if timed_rows:
+            decisions, seconds = timed(policy, rows)
+        else:
+            decisions, seconds = [policy.decide(r["query"], r["claim"]) for r in rows], []
+        m = score_decisions(rows, decisions, limits)
+        m["p50_ms"] = float(np.percentile(np.asarray(seconds) * 1000, 50)) if seconds else None
+        out.append((name, m))
     head = "| system | recall | precision | text-only recall | text-only precision | " + \
-           " | ".join(TEXT_TRIGGERS) + " | p50 ms |"
-    lines = [head, "|---|" + "---:|" * (5 + len(TEXT_TRIGGERS))]
-    for name, m in rows:
+           " | ".join(TEXT_TRIGGERS) + (" | p50 ms |" if timed_rows else " |")
+    lines = [head, "|---|" + "---:|" * (4 + len(TEXT_TRIGGERS) + (1 if timed_rows else 0))]
+    for name, m in out:
         per = " | ".join(f"{m['per_trigger_recall'][t]:.2f} ({m['per_trigger_escalated'][t]:.2f})"
                          for t in TEXT_TRIGGERS)
         lines.append(f"| {name} | {m['recall']:.3f} | {m['precision']:.3f} | {m['text_recall']:.3f} | "
-                     f"{m['text_precision']:.3f} | {per} | {m['p50_ms']:.1f} |")
-    support = ", ".join(f"{t} {rows[0][1]['per_trigger_support'][t]}" for t in TEXT_TRIGGERS)
+                     f"{m['text_precision']:.3f} | {per} |" + (f" {m['p50_ms']:.1f} |" if timed_rows else ""))
+    return "\n".join(lines), [m for _, m in out]
+
+
+def _model_at(spec: str) -> Path:
+    """A model folder, or ``git:COMMIT``: the escalation model as committed at COMMIT, extracted to a temp folder."""
+    if not spec.startswith("git:"):
+        return Path(spec)
+    import io
+    import subprocess
+    import tarfile
+    import tempfile
+
+    rel = "domainroute/packs/insurance/escalation/model"
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", spec[4:], rel], capture_output=True, check=False)
+    if archive.returncode != 0:
+        raise SystemExit(f"--also {spec}: {archive.stderr.decode().strip()}")
+    target = Path(tempfile.mkdtemp(prefix="escalation-model-"))
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(target, filter="data")
+    return target / rel
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    import torch
+
+    from domainroute.agents.escalation import load_escalation_policy, load_split
+    from domainroute.embeddings import default_embedder
+    from domainroute.pack import load_pack
+    from domainroute.settings import BUNDLED_PACK, Settings
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--also", action="append", default=[], metavar="MODEL_DIR|git:COMMIT",
+                        help="another saved escalation model to score in the same run: a folder, or git:COMMIT for "
+                             "the model committed at COMMIT (e.g. git:bbe5e12, version 2)")
+    args = parser.parse_args(argv)
+    threads = int(os.environ.get("BENCH_TORCH_THREADS", "1"))
+    torch.set_num_threads(threads)
+    pack = load_pack(BUNDLED_PACK)
+    limits = pack.escalation.limits
+    test = load_split(BUNDLED_PACK, "test")
+    challenge_path = BUNDLED_PACK / "escalation" / "challenge.jsonl"
+    challenge = [json.loads(line) for line in challenge_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    load_before = os.getloadavg()[0]
+    committed_dir = BUNDLED_PACK / "escalation" / "model"
+    manifest = json.loads((committed_dir / "manifest.json").read_text(encoding="utf-8"))
+    systems = [(f"domainroute LearnedEscalationPolicy (committed model, version {manifest.get('version')})",
+                load_escalation_policy(committed_dir, pack))]
+    for extra in args.also:
+        extra = _model_at(extra)
+        other = json.loads((Path(extra) / "manifest.json").read_text(encoding="utf-8"))
+        systems.append((f"LearnedEscalationPolicy version {other.get('version')} ({other.get('created', '')[:10]}, "
+                        f"{other.get('data', {}).get('n_train', '?')} training rows)",
+                        load_escalation_policy(Path(extra), pack)))
+    systems.append(("keyword baseline (regexes + the same limits)", KeywordPolicy(limits)))
+    base_path = Settings().base_model_path
+    zero_shot = ZeroShotBaseModelPolicy(base_path, limits)
+    systems.append((f"base model `{zero_shot.name}` zero-shot (6 yes/no questions + the same limits)", zero_shot))
+    test_table, test_metrics = score_table(systems, test, limits, timed_rows=True)
+    load_after = os.getloadavg()[0]
+    challenge_table, _ = score_table(systems, challenge, limits, timed_rows=False)
+    mt, ctx = manifest["test_metrics"], manifest.get("latency_context", {})
+    support = ", ".join(f"{t} {test_metrics[0]['per_trigger_support'][t]}" for t in TEXT_TRIGGERS)
+    ch_support = ", ".join(f"{t} {sum(t in r['triggers'] for r in challenge)}" for t in TEXT_TRIGGERS)
     doc = "\n".join([
         "# Escalation comparison",
         "",
-        f"Generated by `.venv/bin/python benchmarks/escalation_compare.py` on "
-        f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.",
+        f"Generated by `.venv/bin/python benchmarks/escalation_compare.py"
+        f"{''.join(' --also ' + a for a in args.also)}` on {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.",
         "",
         f"Test split: {len(test)} decisions (`domainroute/packs/insurance/escalation/test.jsonl`), "
         f"{sum(r['escalate'] for r in test)} of them escalated. Trigger support: {support}.",
         "",
-        "\n".join(lines),
+        test_table,
         "",
         "Per-trigger cells: share of the trigger's rows where the trigger is *named* in `reasons` (in brackets: share "
         "escalated for any reason). Structured triggers (large_loss, new_policy, frequent_claims, repeat_contact) "
         "are applied exactly by every system and score 1.00. \"Text-only\" counts the rows no structured trigger "
         "covers, where only the text decides.",
+        "",
+        "## Independent challenge set",
+        "",
+        f"`domainroute/packs/insurance/escalation/challenge.jsonl`: {len(challenge)} decisions "
+        f"({sum(r['escalate'] for r in challenge)} escalated; {ch_support}) written in one pass by another author "
+        "for evaluation only, from the guideline, without running any model (card: `escalation/CHALLENGE_CARD.md`); "
+        "no model was trained or tuned on it. Chat-style messages, incidents with nobody hurt, routine medical "
+        "questions, look-alike words, amounts just under the limits.",
+        "",
+        challenge_table,
         "",
         f"Latency: one decision at a time, torch threads = {threads}, CPU, on a shared machine (load average "
         f"{load_before:.1f} before, {load_after:.1f} after); the learned policy's time is the encoder forward pass "

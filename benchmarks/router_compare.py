@@ -1,5 +1,6 @@
 """Router comparison on the same test split: this router (and each of its two stages), aurelio semantic-router 1.1.1
-on each of the two encoders, TF-IDF + LR, zero-shot.
+on each of the two encoders, TF-IDF + LR, zero-shot; then the same systems on in-scope policy questions and on the
+independent challenge set (``router/challenge.jsonl``, evaluation only).
 
     .venv/bin/python benchmarks/router_compare.py            # writes docs/benchmarks/router.md
 
@@ -235,6 +236,20 @@ def policy_table(results: list[Result], sets: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def challenge_table(results: list[Result], rows: list[dict], routes: list[str]) -> str:
+    """Quality on the independent challenge set (no latency: the test-split table times every system)."""
+    lines = ["| system | accuracy | macro-F1 | out_of_scope recall | out_of_scope precision |", "|---|---:|---:|---:|---:|"]
+    truth = [e["route"] for e in rows]
+    for r in results:
+        if r.predict is None:
+            lines.append(f"| {r.name} | – | – | – | – |")
+            continue
+        m = metrics(truth, [r.predict(e["query"]) for e in rows], [0.0], routes)
+        lines.append(f"| {r.name} | {m['accuracy']:.3f} | {m['macro_f1']:.3f} | {m['oos_recall']:.3f} | "
+                     f"{m['oos_precision']:.3f} |")
+    return "\n".join(lines)
+
+
 def table(results: list[Result]) -> str:
     lines = ["| system | accuracy | macro-F1 | out_of_scope recall | out_of_scope precision | p50 ms | p95 ms |",
              "|---|---:|---:|---:|---:|---:|---:|"]
@@ -266,6 +281,8 @@ def main() -> int:
     pack_dir = BUNDLED_PACK
     routes = load_pack(pack_dir).route_names
     train, val, test = (load_split(pack_dir, s) for s in ("train", "validation", "test"))
+    challenge = [json.loads(line) for line in (pack_dir / "router" / "challenge.jsonl").read_text().splitlines()
+                 if line.strip()]
     load_before = os.getloadavg()[0]
     results = [*run_this_router(pack_dir, test, routes),
                run_embeddings_only(pack_dir, train, val, test, routes),
@@ -306,6 +323,15 @@ def main() -> int:
         "says where they were looked at since). Every one is in scope, so any out_of_scope answer is a wrong refusal.",
         "",
         policy_table(results, policy_questions(pack_dir, routes)),
+        "",
+        "## Independent challenge set",
+        "",
+        f"`domainroute/packs/insurance/router/challenge.jsonl`: {len(challenge)} queries ({len(challenge) // len(routes)} "
+        "per route) written in one pass by another author for evaluation only, after the committed router was trained, "
+        "without running any model (card: `router/CHALLENGE_CARD.md`); no system here was trained or tuned on it. "
+        "Chat-style phrasing, typos, 1-word queries, near-domain out-of-scope requests.",
+        "",
+        challenge_table(results, challenge, routes),
         "",
         "Notes:",
         *notes,
