@@ -622,7 +622,7 @@ class EmbeddingRouter:
             # at load, never a silent mix of an old and a new stage
             self.second.save(stage_dir)
             manifest["cascade"] = {"dir": SECOND_STAGE_DIR, "threshold": self.cascade_threshold,
-                                   "encoder": self.second.encoder_name, "files": _stage_files(stage_dir),
+                                   "encoder": self.second.encoder_name, "files": stage_files(stage_dir),
                                    **self.cascade_report}
         write_linear_model(model_dir, self.coef, self.intercept, self.features, manifest)
         if self.second is None and stage_dir.exists():
@@ -665,7 +665,7 @@ class EmbeddingRouter:
         cascade = manifest.get("cascade")
         if cascade:
             stage_dir = model_dir / str(cascade["dir"])
-            if _stage_files(stage_dir) != cascade.get("files"):
+            if stage_files(stage_dir) != cascade.get("files"):
                 raise ConfigError(f"{stage_dir} is missing or is not the second stage {path} was saved with; "
                                   "run `domainroute router train`")
             if second_embedder is None:
@@ -693,7 +693,7 @@ class EmbeddingRouter:
 # pack-level entry points (the CLI calls these)
 
 
-def _stage_files(stage_dir: Path) -> dict[str, str]:
+def stage_files(stage_dir: Path) -> dict[str, str]:
     """sha256 of each file of a saved stage (how the first stage's manifest pins its second stage)."""
     names = (CLASSIFIER_FILE, LEXICON_FILE, MANIFEST_FILE)
     return {n: sha256_file(stage_dir / n) for n in names if (stage_dir / n).is_file()}

@@ -38,13 +38,22 @@ def _warm_router(router: Any) -> None:
         router.route("warm up")
 
 
+def _warm_policy(policy: Any) -> None:
+    """The escalation policy's first decision loads its encoder; a two-stage policy loads both (``warm``)."""
+    warm = getattr(policy, "warm", None)
+    if callable(warm):
+        warm()
+    else:
+        policy.decide("warm up", None)
+
+
 def check(service: AgentService) -> dict[str, str]:
     """Load each component; 'ok' or 'error: <why>' per component. Blocking: run it in a worker thread."""
     steps: dict[str, Callable[[], Any]] = {
         "pack": lambda: service.pack,
         "model": lambda: _load_model(service.chat_model),
         "router": lambda: _warm_router(service.router),
-        "escalation_policy": lambda: service.escalation_policy.decide("warm up", None),
+        "escalation_policy": lambda: _warm_policy(service.escalation_policy),
         "store": lambda: _check_store(service),
         "checkpointer": lambda: service.checkpointer,
         "graph": lambda: service.graph,

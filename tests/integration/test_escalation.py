@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -70,6 +71,28 @@ def test_injury_applies_to_auto_home_and_text_only_not_health(policy: LearnedEsc
     assert "injury" not in policy.decide(query, {"line": "health", **ROUTINE}).reasons
 
 
+@pytest.mark.parametrize("query, claim, expected", [
+    ("my car was hit in the parking lot, small dent", {"line": "auto", **ROUTINE}, []),
+    ("is an MRI at the hospital covered on my plan", None, []),
+    ("my lawyer will contact you", None, ["legal"]),
+    ("the adjuster denied my claim and I want to appeal", {"line": "home", **ROUTINE}, ["dispute"]),
+])
+def test_two_stages_on_messages_outside_every_split(policy: LearnedEscalationPolicy, query: str, claim: dict | None,
+                                                   expected: list[str]) -> None:
+    assert policy.second is not None  # the committed model has its all-mpnet-base-v2 stage
+    assert policy.decide(query, claim).reasons == expected
+
+
+def test_the_second_stage_clears_a_doubtful_escalation(policy: LearnedEscalationPolicy) -> None:
+    query = "My mom is visiting, can she drive my car?"  # in no split; the first stage alone escalates it
+    first = copy.copy(policy)
+    first.second = None
+    alone = first.decide(query, None)
+    assert alone.escalate and alone.score < policy.cascade_band
+    assert policy.decide(query, None) == policy.second.decide(query, None)
+    assert not policy.decide(query, None).escalate
+
+
 def test_structured_limits_from_the_pack(policy: LearnedEscalationPolicy) -> None:
     d = policy.decide("Where do I upload the repair invoice?", {**ROUTINE, "line": "auto", "amount": 25000.0})
     assert d.escalate and d.reasons == ["large_loss"] and d.score == 1.0
@@ -95,7 +118,9 @@ def test_retrain_refuses_a_worse_candidate(tmp_path: Path) -> None:
     append_decision(log, test_rows[0]["query"], test_rows[0]["claim"], test_rows[0]["escalate"],
                     test_rows[0]["triggers"], "reviewer:batch-7")  # repeats a test row: skipped
 
-    result = retrain(pack_dir, log)
+    # one stage: the second stage's fit (all-mpnet-base-v2 over every row, five out-of-fold refits) would add ~100 s;
+    # the unit tests retrain a two-stage policy end to end on fake encoders
+    result = retrain(pack_dir, log, second_stage=False)
     assert result.promoted is False, result.reason
     assert "the current model stays" in result.reason
     assert result.log_rows_skipped_held_out == 1

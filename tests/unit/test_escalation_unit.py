@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +63,23 @@ class FakeEmbedder:
         for i, text in enumerate(texts):
             for word in re.findall(r"[a-z0-9]+", text.lower()):
                 seed = int.from_bytes(hashlib.sha256(word.encode()).digest()[:8], "little")
+                out[i] += np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
+            norm = np.linalg.norm(out[i])
+            out[i] = out[i] / norm if norm else out[i]
+        return out
+
+
+class OtherFakeEmbedder(FakeEmbedder):
+    """A second, different encoder for the second stage (another hash salt and size)."""
+
+    name = "fake-hash-embedder-2"
+    dim = 96
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            for word in re.findall(r"[a-z0-9]+", text.lower()):
+                seed = int.from_bytes(hashlib.sha256(b"2" + word.encode()).digest()[:8], "little")
                 out[i] += np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
             norm = np.linalg.norm(out[i])
             out[i] = out[i] / norm if norm else out[i]
@@ -230,10 +249,13 @@ def write_pack(root: Path) -> Path:
 
 def test_train_load_and_retrain_refuses_a_worse_candidate(tmp_path: Path) -> None:
     pack_dir = write_pack(tmp_path / "pack")
-    manifest = train_escalation(pack_dir, embedder=FakeEmbedder())
+    manifest = train_escalation(pack_dir, embedder=FakeEmbedder(), second_embedder=OtherFakeEmbedder())
     model_dir = pack_dir / "escalation" / "model"
     assert manifest["test_metrics"]["recall"] >= 0.75 and len(manifest["data"]["sha256"]) == 64
-    policy = load_escalation_policy(model_dir, load_pack(pack_dir), embedder=FakeEmbedder())
+    assert manifest["cascade"]["encoder"] == "fake-hash-embedder-2" and "second_stage_share" in manifest["test_metrics"]
+    policy = load_escalation_policy(model_dir, load_pack(pack_dir), embedder=FakeEmbedder(),
+                                    second_embedder=OtherFakeEmbedder())
+    assert policy.second is not None and policy.cascade_band == manifest["cascade"]["band"]
     assert policy.decide("my attorney says we go to court", None).escalate
 
     test_rows = splits.read_jsonl(pack_dir / "escalation" / "test.jsonl")
@@ -246,7 +268,7 @@ def test_train_load_and_retrain_refuses_a_worse_candidate(tmp_path: Path) -> Non
     append_decision(log, first["query"], first["claim"], first["escalate"], first["triggers"],
                     "reviewer:batch-7")  # repeats a test row: skipped
     before = (model_dir / "manifest.json").read_text(encoding="utf-8")
-    result = retrain(pack_dir, log, embedder=FakeEmbedder())
+    result = retrain(pack_dir, log, embedder=FakeEmbedder(), second_embedder=OtherFakeEmbedder())
     assert result.promoted is False and "the current model stays" in result.reason
     assert result.log_rows_skipped_held_out == 1
     assert (model_dir / "manifest.json").read_text(encoding="utf-8") == before
@@ -254,7 +276,7 @@ def test_train_load_and_retrain_refuses_a_worse_candidate(tmp_path: Path) -> Non
 
 def test_retrain_promotes_a_candidate_that_keeps_recall(tmp_path: Path) -> None:
     pack_dir = write_pack(tmp_path / "pack")
-    train_escalation(pack_dir, embedder=FakeEmbedder())
+    train_escalation(pack_dir, embedder=FakeEmbedder(), second_stage=False)
     log = tmp_path / "human.jsonl"
     for i, w in enumerate(WORDS["legal"]):
         append_decision(log, f"the {w} from the {WORDS['none'][i]} office wrote", None, True, ["legal"], "reviewer:ana")
@@ -277,3 +299,73 @@ def test_fast_inference_path_matches_the_training_design(fitted: LearnedEscalati
     queries, claims = [r["query"] for r in rows], [Claim(**r["claim"]) if r["claim"] else None for r in rows]
     np.testing.assert_allclose(fitted._probs_fast(queries, claims), fitted._probs(fitted._design(queries, claims)),
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def two_stage() -> tuple[LearnedEscalationPolicy, list[dict]]:
+    parts = splits.assign_splits(make_rows(), splits.primary_trigger)
+    policy = LearnedEscalationPolicy(LIMITS, FakeEmbedder()).fit(parts["train"], parts["validation"])
+    policy.add_second_stage(LearnedEscalationPolicy(LIMITS, OtherFakeEmbedder()), parts["train"], parts["validation"])
+    return policy, parts["validation"] + parts["test"]
+
+
+def test_second_stage_decides_only_doubtful_text_escalations(two_stage) -> None:
+    policy, rows = two_stage
+    assert policy.second is not None and policy.cascade_report["validation_second_stage_share"] >= 0.0
+    sent = 0
+    for r in rows:
+        c = Claim(**r["claim"]) if r["claim"] else None
+        structured = structured_triggers(c, LIMITS)
+        p = policy._probs_fast([r["query"]], [c])[0]
+        first = policy._decision(p, structured, policy.thresholds)
+        decided = policy.decide(r["query"], r["claim"])
+        if first.escalate and not structured and first.score < policy.cascade_band:
+            sent += 1
+            assert decided == policy.second.decide(r["query"], r["claim"])
+        else:
+            assert decided == first  # clear cases and every structured trigger stay with the first stage
+    metrics = policy.evaluate(rows, timed=False)
+    assert metrics["second_stage_share"] == pytest.approx(sent / len(rows), abs=1e-4)
+    timed = policy.evaluate(rows, timed=True)
+    assert {k: timed[k] for k in ("recall", "precision", "second_stage_share")} == \
+        {k: metrics[k] for k in ("recall", "precision", "second_stage_share")}
+
+
+def test_a_band_of_zero_is_the_first_stage_alone(two_stage) -> None:
+    policy, rows = two_stage
+    alone = copy.copy(policy)
+    alone.cascade_band = 0.0
+    for r in rows[:40]:
+        c = Claim(**r["claim"]) if r["claim"] else None
+        p = policy._probs_fast([r["query"]], [c])[0]
+        assert alone.decide(r["query"], r["claim"]) == policy._decision(p, structured_triggers(c, LIMITS),
+                                                                        policy.thresholds)
+
+
+def test_thresholds_sit_between_validation_rows(fitted: LearnedEscalationPolicy) -> None:
+    parts = splits.assign_splits(make_rows(), splits.primary_trigger)
+    rows = [{**r, "claim": Claim(**r["claim"]) if r["claim"] else None} for r in parts["validation"]]
+    probs = fitted._score_rows(rows).probs  # the probabilities the thresholds were chosen on
+    for j in range(len(HEADS)):
+        assert not np.isclose(probs[:, j], fitted.thresholds[j], rtol=0, atol=1e-9).any(), HEADS[j]
+
+
+def test_a_changed_or_missing_second_stage_is_refused_at_load(tmp_path: Path, two_stage) -> None:
+    policy, _ = two_stage
+    model_dir = tmp_path / "model"
+    policy.save(model_dir)
+    load = lambda: LearnedEscalationPolicy.load(model_dir, LIMITS, embedder=FakeEmbedder(),  # noqa: E731
+                                                second_embedder=OtherFakeEmbedder())
+    assert load().cascade_band == policy.cascade_band
+    thresholds = model_dir / "second_stage" / "manifest.json"
+    thresholds.write_text(thresholds.read_text(encoding="utf-8").replace('"version": 1', '"version": 7'),
+                          encoding="utf-8")
+    with pytest.raises(ConfigError, match="not the second stage"):
+        load()
+    shutil.rmtree(model_dir / "second_stage")
+    with pytest.raises(ConfigError, match="is missing"):
+        load()
+    one_stage = copy.copy(policy)
+    one_stage.second = None
+    one_stage.save(model_dir)  # saving without a second stage removes a stale folder
+    assert not (model_dir / "second_stage").exists() and load().second is None
