@@ -79,6 +79,8 @@ SECOND_STAGE_DIR = "second_stage"
 DEFAULT_LOG = Path("escalation") / "human_decisions.jsonl"
 """Where :func:`retrain` looks for logged human decisions, relative to the pack folder, unless told otherwise."""
 ALL_TRIGGERS = (*TEXT_TRIGGERS, *STRUCTURED_TRIGGERS)
+THRESHOLD_SLACK = 1e-5
+"""How far below a validation row's probability a threshold is placed (see ``_below_by_a_hair``)."""
 FALLBACK_REASON_RATIO = 0.5
 """When only the "any text trigger" head fires, the reasons are the triggers whose probability is at least this
 share of the likeliest trigger's (a reviewer sees every plausible reason, not one guess)."""
@@ -356,7 +358,7 @@ class LearnedEscalationPolicy:
 
         ok, best_prec = feasible(t)
         if not ok:  # the any head alone rescues what it can; stop there
-            return self._below_by_half_a_gap(s, t)
+            return self._below_by_a_hair(s, t)
         improved = True
         while improved:  # coordinate ascent: raise one threshold to the next candidate while constraints hold
             improved = False
@@ -370,14 +372,15 @@ class LearnedEscalationPolicy:
                         break
                     if prec > best_prec + 1e-12:
                         t, best_prec, improved = trial, prec, True
-        return self._below_by_half_a_gap(s, t)
+        return self._below_by_a_hair(s, t)
 
     def refit_thresholds_out_of_fold(self, rows: list[Row], validation: list[Row], *, folds: int = 5,
                                      include_validation: bool = True) -> None:
         """Choose the thresholds again on validation *plus* out-of-fold scores of the training rows (each fold's
         rows scored by heads fitted on the other folds with this policy's C, calibrated by this policy's Platt
-        fit): four to five times as many positives per trigger as validation alone, so "keep every positive" rests
-        on a larger sample. Recall-first as in :meth:`_choose_thresholds`; the heads themselves do not change."""
+        fit): four to five times as many positives per trigger as validation alone, so the recall-first choice of
+        :meth:`_choose_thresholds` (same targets) rests on a larger sample; the heads themselves do not change.
+        Afterwards ``fit_report["validation"]`` describes the thresholds in use (validation rows only)."""
         self._require_fitted()
         checked = [_check_row(r, f"training row {i}") for i, r in enumerate(rows)]
         validation = [_check_row(r, f"validation row {i}") for i, r in enumerate(validation)]
@@ -388,6 +391,8 @@ class LearnedEscalationPolicy:
         z = np.zeros((len(checked), len(HEADS)))
         for f in range(folds):
             held = [i for i, fo in enumerate(fold_of) if fo == f]
+            if not held:
+                continue
             part = LearnedEscalationPolicy(self.limits, cached, lexical=self.lexical,
                                            line_counterfactuals=self.line_counterfactuals)
             part.fit([r for r, fo in zip(checked, fold_of) if fo != f], validation, c_per_head=c_per_head)
@@ -403,23 +408,25 @@ class LearnedEscalationPolicy:
                          claims=[r["claim"] for r in pooled_rows])
         self.thresholds = self._choose_thresholds(scored)
         pooled = self._metrics(scored, self._decide_scored(scored))
-        validation_only = self._metrics(self._score_rows(validation), self._decide_scored(self._score_rows(validation)))
+        on_validation = self._score_rows(validation)
+        validation_only = self._metrics(on_validation, self._decide_scored(on_validation))
+        self.fit_report["validation"] = {k: validation_only[k] for k in (
+            "recall", "precision", "per_trigger_recall", "text_recall", "text_precision", "ece")}
         self.fit_report["thresholds_from"] = {
             "rows": "validation + out-of-fold training scores" if include_validation else "out-of-fold training scores",
             "folds": folds, "n": len(pooled_rows),
-            "pooled": {k: pooled[k] for k in ("recall", "precision")},
-            "validation": {k: validation_only[k] for k in ("recall", "precision", "per_trigger_recall")}}
+            "pooled": {k: pooled[k] for k in ("recall", "precision", "text_recall", "per_trigger_recall")}}
 
     @staticmethod
-    def _below_by_half_a_gap(s: _Scored, t: np.ndarray) -> np.ndarray:
-        """Each threshold sits on a validation row's probability; move it half-way down to the next lower one. The
-        validation decisions stay the same, and a positive exactly at the threshold no longer flips on the last bit
-        (the batch and the one-row inference paths differ in float rounding)."""
+    def _below_by_a_hair(s: _Scored, t: np.ndarray) -> np.ndarray:
+        """Each threshold sits on a validation row's probability; move it down by ``THRESHOLD_SLACK`` (never past
+        the next lower validation probability), so a positive exactly at the threshold does not flip on float
+        rounding: the batch and the one-row inference paths differ by up to ~1e-6 (measured 7.5e-7)."""
         t = t.astype(np.float64).copy()
         for j in range(len(t)):
             below = s.probs[:, j][s.probs[:, j] < t[j]]
-            if below.size:
-                t[j] = (t[j] + float(below.max())) / 2.0
+            floor = (t[j] + float(below.max())) / 2.0 if below.size else 0.0
+            t[j] = max(floor, t[j] - THRESHOLD_SLACK)
         return t
 
     # -- inference ------------------------------------------------------------------------------------------
@@ -459,12 +466,14 @@ class LearnedEscalationPolicy:
             raise ValueError("add_second_stage takes an unfitted policy")
         second.recall_target, second.trigger_recall_target = self.recall_target, self.trigger_recall_target
         second.fit(rows, validation)
-        # the second stage only ever takes escalations away: its thresholds keep every positive of a pool four to
-        # five times larger than validation (measured: with validation-chosen thresholds it dropped 2 of 172 test
-        # escalations; chosen on out-of-fold training scores alone it kept all 179 validation escalations)
+        # the second stage only ever takes escalations away: its thresholds are chosen recall-first (same targets) on
+        # a pool four to five times larger than validation (measured: with validation-chosen thresholds it dropped 2
+        # of 172 test escalations; chosen on out-of-fold training scores alone it kept all 179 validation ones)
         second.refit_thresholds_out_of_fold(rows, validation)
         self.second = second
         self.cascade_band, self.cascade_report = self._choose_cascade_band(validation)
+        if self.cascade_band <= 0.0:  # validation found no band worth it: nothing to load or warm at inference
+            self.second = None
         return self
 
     def _choose_cascade_band(self, validation: list[Row]) -> tuple[float, dict[str, Any]]:
@@ -608,17 +617,21 @@ class LearnedEscalationPolicy:
                                  if old else None),
             **(extra or {}),
         }
-        stage_dir = model_dir / SECOND_STAGE_DIR
+        stage_name = f"{SECOND_STAGE_DIR}-v{version}"
         if self.second is not None:
-            # written first and pinned by hash in the manifest written last: a save that stops half-way is an error
-            # at load, never a silent mix of an old and a new stage
+            # a folder of this version's own, pinned by hash in the manifest written last; the folder the previous
+            # manifest names is left alone until then, so a save that stops half-way never breaks the stage in use
+            stage_dir = model_dir / stage_name
+            if stage_dir.exists():
+                shutil.rmtree(stage_dir)
             self.second.save(stage_dir)
-            manifest["cascade"] = {"dir": SECOND_STAGE_DIR, "band": self.cascade_band,
+            manifest["cascade"] = {"dir": stage_name, "band": self.cascade_band,
                                    "encoder": self.second.encoder_name, "files": stage_files(stage_dir),
                                    **self.cascade_report}
         write_linear_model(model_dir, self.coef, self.intercept, self.features, manifest)
-        if self.second is None and stage_dir.exists():
-            shutil.rmtree(stage_dir)
+        for stale in model_dir.glob(f"{SECOND_STAGE_DIR}*"):
+            if stale.is_dir() and (self.second is None or stale.name != stage_name):
+                shutil.rmtree(stale)
         self.manifest = manifest
         return manifest
 
@@ -658,12 +671,17 @@ class LearnedEscalationPolicy:
             stage_dir = model_dir / str(cascade["dir"])
             if stage_files(stage_dir) != cascade.get("files"):
                 raise ConfigError(f"{stage_dir} is missing or is not the second stage {path} was saved with; "
-                                  "retrain the escalation model")
+                                  "train the model again: `python -c 'from domainroute.agents.escalation import "
+                                  "train_escalation; train_escalation(PACK_DIR)'`")
             if second_embedder is None:
                 from domainroute.embeddings import mpnet_path, second_stage_embedder
 
                 mpnet_path()  # missing or altered weights are a clear error now, not on the first doubtful message
                 second_embedder = second_stage_embedder()
+            name = str(getattr(second_embedder, "name", type(second_embedder).__name__))
+            if name != cascade.get("encoder"):
+                raise ConfigError(f"the second stage in {stage_dir} was trained with encoder {cascade.get('encoder')!r}, "
+                                  f"not {name!r}; retrain the escalation model")
             policy.second = cls.load(stage_dir, limits, embedder=second_embedder)
             policy.cascade_band = float(cascade["band"])
             policy.cascade_report = {k: v for k, v in cascade.items() if k not in ("dir", "band", "encoder", "files")}

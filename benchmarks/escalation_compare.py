@@ -122,6 +122,8 @@ class ZeroShotBaseModelPolicy:
 
 
 def timed(policy, rows: list[dict]) -> tuple[list, list[float]]:
+    if callable(getattr(policy, "warm", None)):
+        policy.warm()  # both stages' encoders loaded before any timing
     for r in rows[:5]:
         policy.decide(r["query"], r["claim"])
     decisions, seconds = [], []
@@ -161,7 +163,9 @@ def _model_at(spec: str) -> Path:
     """A model folder, or ``git:COMMIT``: the escalation model as committed at COMMIT, extracted to a temp folder."""
     if not spec.startswith("git:"):
         return Path(spec)
+    import atexit
     import io
+    import shutil
     import subprocess
     import tarfile
     import tempfile
@@ -171,6 +175,7 @@ def _model_at(spec: str) -> Path:
     if archive.returncode != 0:
         raise SystemExit(f"--also {spec}: {archive.stderr.decode().strip()}")
     target = Path(tempfile.mkdtemp(prefix="escalation-model-"))
+    atexit.register(shutil.rmtree, target, True)
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
         tar.extractall(target, filter="data")
     return target / rel
@@ -189,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--also", action="append", default=[], metavar="MODEL_DIR|git:COMMIT",
                         help="another saved escalation model to score in the same run: a folder, or git:COMMIT for "
-                             "the model committed at COMMIT (e.g. git:bbe5e12, version 2)")
+                             "the model files committed at COMMIT (e.g. git:bbe5e12, version 2), scored by this code")
     args = parser.parse_args(argv)
     threads = int(os.environ.get("BENCH_TORCH_THREADS", "1"))
     torch.set_num_threads(threads)

@@ -252,10 +252,11 @@ def test_train_load_and_retrain_refuses_a_worse_candidate(tmp_path: Path) -> Non
     manifest = train_escalation(pack_dir, embedder=FakeEmbedder(), second_embedder=OtherFakeEmbedder())
     model_dir = pack_dir / "escalation" / "model"
     assert manifest["test_metrics"]["recall"] >= 0.75 and len(manifest["data"]["sha256"]) == 64
-    assert manifest["cascade"]["encoder"] == "fake-hash-embedder-2" and "second_stage_share" in manifest["test_metrics"]
-    policy = load_escalation_policy(model_dir, load_pack(pack_dir), embedder=FakeEmbedder(),
-                                    second_embedder=OtherFakeEmbedder())
-    assert policy.second is not None and policy.cascade_band == manifest["cascade"]["band"]
+    # these rows are separable by the first stage alone: validation finds no band worth a second stage, so none is
+    # saved, loaded or warmed
+    assert manifest["cascade"] is None and not list(model_dir.glob("second_stage*"))
+    policy = load_escalation_policy(model_dir, load_pack(pack_dir), embedder=FakeEmbedder())
+    assert policy.second is None
     assert policy.decide("my attorney says we go to court", None).escalate
 
     test_rows = splits.read_jsonl(pack_dir / "escalation" / "test.jsonl")
@@ -268,7 +269,7 @@ def test_train_load_and_retrain_refuses_a_worse_candidate(tmp_path: Path) -> Non
     append_decision(log, first["query"], first["claim"], first["escalate"], first["triggers"],
                     "reviewer:batch-7")  # repeats a test row: skipped
     before = (model_dir / "manifest.json").read_text(encoding="utf-8")
-    result = retrain(pack_dir, log, embedder=FakeEmbedder(), second_embedder=OtherFakeEmbedder())
+    result = retrain(pack_dir, log, embedder=FakeEmbedder())
     assert result.promoted is False and "the current model stays" in result.reason
     assert result.log_rows_skipped_held_out == 1
     assert (model_dir / "manifest.json").read_text(encoding="utf-8") == before
@@ -303,15 +304,26 @@ def test_fast_inference_path_matches_the_training_design(fitted: LearnedEscalati
 
 @pytest.fixture(scope="module")
 def two_stage() -> tuple[LearnedEscalationPolicy, list[dict]]:
+    """Two fitted stages with a band that sends every text-only escalation on (the synthetic rows are separable,
+    so the band chosen on them is 0; here the cascade's mechanics are under test, not the choice)."""
+    parts = splits.assign_splits(make_rows(), splits.primary_trigger)
+    policy = LearnedEscalationPolicy(LIMITS, FakeEmbedder()).fit(parts["train"], parts["validation"])
+    policy.second = LearnedEscalationPolicy(LIMITS, OtherFakeEmbedder()).fit(parts["train"], parts["validation"])
+    policy.cascade_band = 1.0 + 1e-9
+    return policy, parts["validation"] + parts["test"]
+
+
+def test_a_second_stage_that_validation_finds_no_use_for_is_dropped() -> None:
     parts = splits.assign_splits(make_rows(), splits.primary_trigger)
     policy = LearnedEscalationPolicy(LIMITS, FakeEmbedder()).fit(parts["train"], parts["validation"])
     policy.add_second_stage(LearnedEscalationPolicy(LIMITS, OtherFakeEmbedder()), parts["train"], parts["validation"])
-    return policy, parts["validation"] + parts["test"]
+    assert policy.cascade_band == 0.0 and policy.second is None
+    assert policy.cascade_report["validation_recall"] == 1.0
 
 
 def test_second_stage_decides_only_doubtful_text_escalations(two_stage) -> None:
     policy, rows = two_stage
-    assert policy.second is not None and policy.cascade_report["validation_second_stage_share"] >= 0.0
+    assert policy.second is not None
     sent = 0
     for r in rows:
         c = Claim(**r["claim"]) if r["claim"] else None
@@ -324,6 +336,7 @@ def test_second_stage_decides_only_doubtful_text_escalations(two_stage) -> None:
             assert decided == policy.second.decide(r["query"], r["claim"])
         else:
             assert decided == first  # clear cases and every structured trigger stay with the first stage
+    assert sent > 0 and any(structured_triggers(Claim(**r["claim"]) if r["claim"] else None, LIMITS) for r in rows)
     metrics = policy.evaluate(rows, timed=False)
     assert metrics["second_stage_share"] == pytest.approx(sent / len(rows), abs=1e-4)
     timed = policy.evaluate(rows, timed=True)
@@ -335,11 +348,34 @@ def test_a_band_of_zero_is_the_first_stage_alone(two_stage) -> None:
     policy, rows = two_stage
     alone = copy.copy(policy)
     alone.cascade_band = 0.0
-    for r in rows[:40]:
+    differ = 0
+    for r in rows:
         c = Claim(**r["claim"]) if r["claim"] else None
         p = policy._probs_fast([r["query"]], [c])[0]
-        assert alone.decide(r["query"], r["claim"]) == policy._decision(p, structured_triggers(c, LIMITS),
-                                                                        policy.thresholds)
+        first = policy._decision(p, structured_triggers(c, LIMITS), policy.thresholds)
+        assert alone.decide(r["query"], r["claim"]) == first
+        differ += policy.decide(r["query"], r["claim"]) != first
+    assert differ > 0  # the forced band does hand decisions to the second stage
+
+
+def test_warm_runs_both_stages(two_stage) -> None:
+    policy, _ = two_stage
+    calls: list[str] = []
+
+    class Spy:
+        def __init__(self, inner, tag):
+            self.inner, self.tag, self.name, self.dim = inner, tag, inner.name, inner.dim
+
+        def encode(self, texts):
+            calls.append(self.tag)
+            return self.inner.encode(texts)
+
+    spied = copy.copy(policy)
+    spied._embedder = Spy(policy.embedder, "first")
+    spied.second = copy.copy(policy.second)
+    spied.second._embedder = Spy(policy.second.embedder, "second")
+    spied.warm()
+    assert calls == ["first", "second"]
 
 
 def test_thresholds_sit_between_validation_rows(fitted: LearnedEscalationPolicy) -> None:
@@ -357,15 +393,19 @@ def test_a_changed_or_missing_second_stage_is_refused_at_load(tmp_path: Path, tw
     load = lambda: LearnedEscalationPolicy.load(model_dir, LIMITS, embedder=FakeEmbedder(),  # noqa: E731
                                                 second_embedder=OtherFakeEmbedder())
     assert load().cascade_band == policy.cascade_band
-    thresholds = model_dir / "second_stage" / "manifest.json"
-    thresholds.write_text(thresholds.read_text(encoding="utf-8").replace('"version": 1', '"version": 7'),
-                          encoding="utf-8")
+    policy.save(model_dir)  # version 2: its own stage folder, the first one removed once the manifest names it
+    assert sorted(p.name for p in model_dir.glob("second_stage*")) == ["second_stage-v2"]
+    with pytest.raises(ConfigError, match="trained with encoder"):
+        LearnedEscalationPolicy.load(model_dir, LIMITS, embedder=FakeEmbedder(), second_embedder=FakeEmbedder())
+    stage_manifest = model_dir / "second_stage-v2" / "manifest.json"
+    stage_manifest.write_text(stage_manifest.read_text(encoding="utf-8").replace('"version": 1', '"version": 7'),
+                              encoding="utf-8")
     with pytest.raises(ConfigError, match="not the second stage"):
         load()
-    shutil.rmtree(model_dir / "second_stage")
+    shutil.rmtree(model_dir / "second_stage-v2")
     with pytest.raises(ConfigError, match="is missing"):
         load()
     one_stage = copy.copy(policy)
     one_stage.second = None
     one_stage.save(model_dir)  # saving without a second stage removes a stale folder
-    assert not (model_dir / "second_stage").exists() and load().second is None
+    assert not list(model_dir.glob("second_stage*")) and load().second is None
