@@ -19,7 +19,7 @@ precision improves.
 
 **Second stage** (optional, the bundled model has one): a text-only escalation whose score falls under
 ``cascade_band`` is decided again by a policy of the same kind on all-mpnet-base-v2 + MiniLM embeddings (saved in
-``second_stage/``, pinned by its files' hashes in the manifest's ``cascade``). The band is chosen on validation
+``second_stage-v<version>/``, pinned by its files' hashes in the manifest's ``cascade``). The band is chosen on validation
 (best precision with the same recall targets, then the fewest second-stage calls), so clear negatives and clear
 escalations cost one MiniLM pass, and only the doubtful escalations pay for the larger encoder.
 
@@ -419,11 +419,14 @@ class LearnedEscalationPolicy:
 
     @staticmethod
     def _below_by_a_hair(s: _Scored, t: np.ndarray) -> np.ndarray:
-        """Each threshold sits on a validation row's probability; move it down by ``THRESHOLD_SLACK`` (never past
-        the next lower validation probability), so a positive exactly at the threshold does not flip on float
-        rounding: the batch and the one-row inference paths differ by up to ~1e-6 (measured 7.5e-7)."""
+        """Each threshold sits on a probability of the rows it was chosen on; move it down by at most
+        ``THRESHOLD_SLACK`` (never past the midpoint to the next lower one of those rows), so a positive exactly at
+        the threshold does not flip on float rounding: the batch and the one-row inference paths differ by up to
+        ~1e-6 (measured 7.5e-7). A threshold of 1 (a head nothing reached) stays 1."""
         t = t.astype(np.float64).copy()
         for j in range(len(t)):
+            if t[j] >= 1.0:
+                continue
             below = s.probs[:, j][s.probs[:, j] < t[j]]
             floor = (t[j] + float(below.max())) / 2.0 if below.size else 0.0
             t[j] = max(floor, t[j] - THRESHOLD_SLACK)
@@ -621,6 +624,7 @@ class LearnedEscalationPolicy:
         if self.second is not None:
             # a folder of this version's own, pinned by hash in the manifest written last; the folder the previous
             # manifest names is left alone until then, so a save that stops half-way never breaks the stage in use
+            # (the first stage's own files are written before its manifest by write_linear_model, as the router's)
             stage_dir = model_dir / stage_name
             if stage_dir.exists():
                 shutil.rmtree(stage_dir)

@@ -119,7 +119,7 @@ def test_retrain_refuses_a_worse_candidate(tmp_path: Path) -> None:
                     test_rows[0]["triggers"], "reviewer:batch-7")  # repeats a test row: skipped
 
     # one stage: the second stage's fit (all-mpnet-base-v2 over every row, five out-of-fold refits) would add ~100 s;
-    # the unit tests retrain a two-stage policy end to end on fake encoders
+    # tests/unit/test_escalation_unit.py retrains a two-stage policy end to end on fake encoders
     result = retrain(pack_dir, log, second_stage=False)
     assert result.promoted is False, result.reason
     assert "the current model stays" in result.reason

@@ -275,6 +275,28 @@ def test_train_load_and_retrain_refuses_a_worse_candidate(tmp_path: Path) -> Non
     assert (model_dir / "manifest.json").read_text(encoding="utf-8") == before
 
 
+def test_two_stages_train_load_and_retrain_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the synthetic rows never need a second stage (band 0 drops it); force one to run the pack-level path
+    monkeypatch.setattr(LearnedEscalationPolicy, "_choose_cascade_band",
+                        lambda self, validation: (0.9, {"validation_second_stage_share": 0.0}))
+    pack_dir = write_pack(tmp_path / "pack")
+    model_dir = pack_dir / "escalation" / "model"
+    manifest = train_escalation(pack_dir, embedder=FakeEmbedder(), second_embedder=OtherFakeEmbedder())
+    assert manifest["cascade"]["dir"] == "second_stage-v1" and manifest["cascade"]["band"] == 0.9
+    assert "thresholds_from" in (model_dir / "second_stage-v1" / "manifest.json").read_text(encoding="utf-8")
+    policy = load_escalation_policy(model_dir, load_pack(pack_dir), embedder=FakeEmbedder(),
+                                    second_embedder=OtherFakeEmbedder())
+    assert policy.second is not None and policy.cascade_band == 0.9
+    log = tmp_path / "human.jsonl"
+    for i, w in enumerate(WORDS["legal"]):
+        append_decision(log, f"the {w} from the {WORDS['none'][i]} office wrote", None, True, ["legal"], "reviewer:ana")
+    result = retrain(pack_dir, log, embedder=FakeEmbedder(), second_embedder=OtherFakeEmbedder())
+    assert result.promoted is True, result.reason
+    after = json.loads((model_dir / "manifest.json").read_text(encoding="utf-8"))
+    assert after["version"] == 2 and after["cascade"]["dir"] == "second_stage-v2"  # the current model's stages kept
+    assert sorted(p.name for p in model_dir.glob("second_stage*")) == ["second_stage-v2"]
+
+
 def test_retrain_promotes_a_candidate_that_keeps_recall(tmp_path: Path) -> None:
     pack_dir = write_pack(tmp_path / "pack")
     train_escalation(pack_dir, embedder=FakeEmbedder(), second_stage=False)
@@ -304,13 +326,17 @@ def test_fast_inference_path_matches_the_training_design(fitted: LearnedEscalati
 
 @pytest.fixture(scope="module")
 def two_stage() -> tuple[LearnedEscalationPolicy, list[dict]]:
-    """Two fitted stages with a band that sends every text-only escalation on (the synthetic rows are separable,
-    so the band chosen on them is 0; here the cascade's mechanics are under test, not the choice)."""
+    """Two fitted stages with the band at the median first-stage score of the text-only escalations (the synthetic
+    rows are separable, so the band chosen on them is 0; here the cascade's mechanics are under test)."""
     parts = splits.assign_splits(make_rows(), splits.primary_trigger)
     policy = LearnedEscalationPolicy(LIMITS, FakeEmbedder()).fit(parts["train"], parts["validation"])
     policy.second = LearnedEscalationPolicy(LIMITS, OtherFakeEmbedder()).fit(parts["train"], parts["validation"])
-    policy.cascade_band = 1.0 + 1e-9
-    return policy, parts["validation"] + parts["test"]
+    rows = parts["validation"] + parts["test"]
+    scores = sorted(d.score for r in rows if not r["triggers"] or not set(r["triggers"]) & {
+        "large_loss", "new_policy", "frequent_claims", "repeat_contact"}
+        for d in [policy.decide(r["query"], r["claim"])] if d.escalate)
+    policy.cascade_band = float(scores[len(scores) // 2])  # exactly a row's score: that row stays with the first stage
+    return policy, rows
 
 
 def test_a_second_stage_that_validation_finds_no_use_for_is_dropped() -> None:
@@ -324,7 +350,7 @@ def test_a_second_stage_that_validation_finds_no_use_for_is_dropped() -> None:
 def test_second_stage_decides_only_doubtful_text_escalations(two_stage) -> None:
     policy, rows = two_stage
     assert policy.second is not None
-    sent = 0
+    sent = kept_clear = at_band = 0
     for r in rows:
         c = Claim(**r["claim"]) if r["claim"] else None
         structured = structured_triggers(c, LIMITS)
@@ -336,7 +362,10 @@ def test_second_stage_decides_only_doubtful_text_escalations(two_stage) -> None:
             assert decided == policy.second.decide(r["query"], r["claim"])
         else:
             assert decided == first  # clear cases and every structured trigger stay with the first stage
-    assert sent > 0 and any(structured_triggers(Claim(**r["claim"]) if r["claim"] else None, LIMITS) for r in rows)
+            kept_clear += first.escalate and not structured
+            at_band += first.escalate and not structured and first.score == policy.cascade_band
+    assert sent > 0 and kept_clear > 0 and at_band >= 1  # both branches ran, a row exactly at the band stayed
+    assert any(structured_triggers(Claim(**r["claim"]) if r["claim"] else None, LIMITS) for r in rows)
     metrics = policy.evaluate(rows, timed=False)
     assert metrics["second_stage_share"] == pytest.approx(sent / len(rows), abs=1e-4)
     timed = policy.evaluate(rows, timed=True)
