@@ -57,12 +57,13 @@ class FakeEmbedder:
 
     name = "fake-hash-embedder"
     dim = 64
+    salt = b""
 
     def encode(self, texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for i, text in enumerate(texts):
             for word in re.findall(r"[a-z0-9]+", text.lower()):
-                seed = int.from_bytes(hashlib.sha256(word.encode()).digest()[:8], "little")
+                seed = int.from_bytes(hashlib.sha256(self.salt + word.encode()).digest()[:8], "little")
                 out[i] += np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
             norm = np.linalg.norm(out[i])
             out[i] = out[i] / norm if norm else out[i]
@@ -74,16 +75,7 @@ class OtherFakeEmbedder(FakeEmbedder):
 
     name = "fake-hash-embedder-2"
     dim = 96
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for i, text in enumerate(texts):
-            for word in re.findall(r"[a-z0-9]+", text.lower()):
-                seed = int.from_bytes(hashlib.sha256(b"2" + word.encode()).digest()[:8], "little")
-                out[i] += np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
-            norm = np.linalg.norm(out[i])
-            out[i] = out[i] / norm if norm else out[i]
-        return out
+    salt = b"2"
 
 
 def claim(line: str | None, **over) -> dict | None:
