@@ -19,9 +19,9 @@ precision improves.
 
 **Second stage** (optional, the bundled model has one): a text-only escalation whose score falls under
 ``cascade_band`` is decided again by a policy of the same kind on all-mpnet-base-v2 + MiniLM embeddings (saved in
-``second_stage-v<version>/``, pinned by its files' hashes in the manifest's ``cascade``). The band is chosen on validation
-(best precision with the same recall targets, then the fewest second-stage calls), so clear negatives and clear
-escalations cost one MiniLM pass, and only the doubtful escalations pay for the larger encoder.
+``second_stage-v<version>/``, pinned by its files' hashes in the manifest's ``cascade``). The band is chosen on
+validation (best precision with the same recall targets, then the fewest second-stage calls), so clear negatives
+and clear escalations cost one MiniLM pass, and only the doubtful escalations pay for the larger encoder.
 
 ``score`` in a decision is 1.0 when a structured trigger fires; otherwise the largest head score rescaled so that
 0.5 sits exactly at that head's threshold (so ``escalate`` is ``score >= 0.5``), monotone in the calibrated
@@ -493,25 +493,22 @@ class LearnedEscalationPolicy:
         cands = [0.0] + [(a + b) / 2.0 for a, b in zip(eligible, eligible[1:])] + ([1.0 + 1e-9] if eligible else [])
         scored = _Scored(probs=None, structured=structured, labels=[r["triggers"] for r in rows],
                          escalate=np.array([r["escalate"] for r in rows]), claims=claims)
-        table: dict[float, tuple[bool, float, float]] = {}
+        table: dict[float, tuple[bool, float, float, float]] = {}  # band -> feasible, precision, recall, share
         for band in cands:
             sent = [a.escalate and not st and float(a.score) < band for a, st in zip(d1, structured)]
             m = self._metrics(scored, [b if go else a for a, b, go in zip(d1, d2, sent)])
             ok = m["recall"] >= self.recall_target and all(
                 m["per_trigger_recall"][k] >= self.trigger_recall_target for k in TEXT_TRIGGERS
                 if m["per_trigger_support"][k])
-            table[band] = (ok, m["precision"], float(np.mean(sent)))
+            table[band] = (ok, m["precision"], m["recall"], float(np.mean(sent)))
         feasible = {b: v for b, v in table.items() if v[0]} or {0.0: table[0.0]}
         best = max(v[1] for v in feasible.values())
         band = min(b for b, v in feasible.items() if v[1] >= best - 1e-12)
-        first_only = self._metrics(scored, d1)
         return band, {
             "validation_precision": round(best, 4),
-            "validation_precision_first_stage_only": first_only["precision"],
-            "validation_recall": round(self._metrics(scored, [
-                b if (a.escalate and not st and float(a.score) < band) else a
-                for a, b, st in zip(d1, d2, structured)])["recall"], 4),
-            "validation_second_stage_share": round(table[band][2], 4),
+            "validation_precision_first_stage_only": self._metrics(scored, d1)["precision"],
+            "validation_recall": table[band][2],
+            "validation_second_stage_share": round(table[band][3], 4),
         }
 
     # -- evaluation -----------------------------------------------------------------------------------------
@@ -633,7 +630,7 @@ class LearnedEscalationPolicy:
                                    "encoder": self.second.encoder_name, "files": stage_files(stage_dir),
                                    **self.cascade_report}
         write_linear_model(model_dir, self.coef, self.intercept, self.features, manifest)
-        for stale in model_dir.glob(f"{SECOND_STAGE_DIR}*"):
+        for stale in [model_dir / SECOND_STAGE_DIR, *model_dir.glob(f"{SECOND_STAGE_DIR}-v*")]:  # this class's own
             if stale.is_dir() and (self.second is None or stale.name != stage_name):
                 shutil.rmtree(stale)
         self.manifest = manifest
@@ -684,8 +681,8 @@ class LearnedEscalationPolicy:
                 second_embedder = second_stage_embedder()
             name = str(getattr(second_embedder, "name", type(second_embedder).__name__))
             if name != cascade.get("encoder"):
-                raise ConfigError(f"the second stage in {stage_dir} was trained with encoder {cascade.get('encoder')!r}, "
-                                  f"not {name!r}; retrain the escalation model")
+                raise ConfigError(f"the second stage in {stage_dir} was trained with encoder "
+                                  f"{cascade.get('encoder')!r}, not {name!r}; retrain the escalation model")
             policy.second = cls.load(stage_dir, limits, embedder=second_embedder)
             policy.cascade_band = float(cascade["band"])
             policy.cascade_report = {k: v for k, v in cascade.items() if k not in ("dir", "band", "encoder", "files")}

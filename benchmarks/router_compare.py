@@ -238,7 +238,8 @@ def policy_table(results: list[Result], sets: dict[str, list[dict]]) -> str:
 
 def challenge_table(results: list[Result], rows: list[dict], routes: list[str]) -> str:
     """Quality on the independent challenge set (no latency: the test-split table times every system)."""
-    lines = ["| system | accuracy | macro-F1 | out_of_scope recall | out_of_scope precision |", "|---|---:|---:|---:|---:|"]
+    lines = ["| system | accuracy | macro-F1 | out_of_scope recall | out_of_scope precision |",
+             "|---|---:|---:|---:|---:|"]
     truth = [e["route"] for e in rows]
     for r in results:
         if r.predict is None:
@@ -326,9 +327,10 @@ def main() -> int:
         "",
         "## Independent challenge set",
         "",
-        f"`domainroute/packs/insurance/router/challenge.jsonl`: {len(challenge)} queries ({len(challenge) // len(routes)} "
-        "per route) written in one pass by another author for evaluation only, after the committed router was trained, "
-        "without running any model (card: `router/CHALLENGE_CARD.md`); no system here was trained or tuned on it. "
+        f"`domainroute/packs/insurance/router/challenge.jsonl`: {len(challenge)} queries "
+        f"({len(challenge) // len(routes)} per route) written in one pass by another author for evaluation only, "
+        "after the committed router was trained, without running any model (card: `router/CHALLENGE_CARD.md`); "
+        "no system here was trained or tuned on it. "
         "Chat-style phrasing, typos, 1-word queries, near-domain out-of-scope requests.",
         "",
         challenge_table(results, challenge, routes),
