@@ -39,7 +39,7 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -375,7 +375,8 @@ class LearnedEscalationPolicy:
         return self._below_by_a_hair(s, t)
 
     def refit_thresholds_out_of_fold(self, rows: list[Row], validation: list[Row], *, folds: int = 5,
-                                     include_validation: bool = True) -> None:
+                                     include_validation: bool = True,
+                                     progress: Callable[[str], None] | None = None) -> None:
         """Choose the thresholds again on validation *plus* out-of-fold scores of the training rows (each fold's
         rows scored by heads fitted on the other folds with this policy's C, calibrated by this policy's Platt
         fit): four to five times as many positives per trigger as validation alone, so the recall-first choice of
@@ -400,6 +401,8 @@ class LearnedEscalationPolicy:
             held_rows = [checked[i] for i in held]
             z[held] = linear_scores(part._design([r["query"] for r in held_rows], [r["claim"] for r in held_rows]),
                                     part.coef, part.intercept)
+            if progress is not None:
+                progress(f"second stage: out-of-fold scores, fold {f + 1}/{folds}")
         pooled_rows = checked + validation if include_validation else checked
         probs = np.vstack([self._calibrate(z), *([self._score_rows(validation).probs] if include_validation else [])])
         scored = _Scored(probs=probs, structured=[structured_triggers(r["claim"], self.limits) for r in pooled_rows],
@@ -459,8 +462,8 @@ class LearnedEscalationPolicy:
             self.second.decide("warm up", None)
 
     # -- second stage ---------------------------------------------------------------------------------------
-    def add_second_stage(self, second: "LearnedEscalationPolicy", rows: list[Row],
-                         validation: list[Row]) -> "LearnedEscalationPolicy":
+    def add_second_stage(self, second: "LearnedEscalationPolicy", rows: list[Row], validation: list[Row], *,
+                         progress: Callable[[str], None] | None = None) -> "LearnedEscalationPolicy":
         """Fit ``second`` (unfitted, e.g. on a larger encoder) on the same rows, its thresholds on validation plus
         out-of-fold training scores (:meth:`refit_thresholds_out_of_fold`), and choose ``cascade_band`` on
         ``validation`` (:meth:`_choose_cascade_band`)."""
@@ -469,10 +472,12 @@ class LearnedEscalationPolicy:
             raise ValueError("add_second_stage takes an unfitted policy")
         second.recall_target, second.trigger_recall_target = self.recall_target, self.trigger_recall_target
         second.fit(rows, validation)
+        if progress is not None:
+            progress(f"second stage fitted ({second.encoder_name})")
         # the second stage only ever takes escalations away: its thresholds are chosen recall-first (same targets) on
         # a pool four to five times larger than validation (measured: with validation-chosen thresholds it dropped 2
         # of 172 test escalations; chosen on out-of-fold training scores alone it kept all 179 validation ones)
-        second.refit_thresholds_out_of_fold(rows, validation)
+        second.refit_thresholds_out_of_fold(rows, validation, progress=progress)
         self.second = second
         self.cascade_band, self.cascade_report = self._choose_cascade_band(validation)
         if self.cascade_band <= 0.0:  # validation found no band worth it: nothing to load or warm at inference
@@ -753,7 +758,8 @@ def _data_info(paths: dict[str, Path], extra_rows: int = 0, log_path: Path | Non
 
 
 def train_escalation(pack_dir: Path, out_dir: Path | None = None, *, embedder: TextEncoder | None = None,
-                     second_stage: bool = True, second_embedder: TextEncoder | None = None) -> dict[str, Any]:
+                     second_stage: bool = True, second_embedder: TextEncoder | None = None,
+                     progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train on the pack's ``escalation/`` splits (written if missing) and save to ``out_dir``
     (default ``<pack>/escalation/model``); returns the manifest with the test metrics. ``second_stage``: add the
     all-mpnet-base-v2 + MiniLM stage for doubtful escalations (``second_embedder`` replaces its encoder)."""
@@ -762,7 +768,7 @@ def train_escalation(pack_dir: Path, out_dir: Path | None = None, *, embedder: T
     paths = _ensure_splits(pack_dir)
     train, validation, test = (load_split(pack_dir, s) for s in splits_mod.SPLITS)
     t0 = time.perf_counter()
-    policy = _fit_policy(pack, train, validation, embedder, second_stage, second_embedder)
+    policy = _fit_policy(pack, train, validation, embedder, second_stage, second_embedder, progress)
     train_seconds = time.perf_counter() - t0
     metrics = policy.evaluate(test)
     out_dir = Path(out_dir) if out_dir is not None else pack_dir / "escalation" / "model"
@@ -773,14 +779,20 @@ def train_escalation(pack_dir: Path, out_dir: Path | None = None, *, embedder: T
 
 
 def _fit_policy(pack: Pack, rows: list[Row], validation: list[Row], embedder: TextEncoder | None,
-                second_stage: bool, second_embedder: TextEncoder | None) -> LearnedEscalationPolicy:
+                second_stage: bool, second_embedder: TextEncoder | None,
+                progress: Callable[[str], None] | None = None) -> LearnedEscalationPolicy:
+    say = progress or (lambda message: None)
+    say(f"fitting the first stage on {len(rows)} decisions ({len(validation)} for validation)")
     policy = LearnedEscalationPolicy(pack.escalation.limits, embedder).fit(rows, validation)
     if second_stage:
         if second_embedder is None:
             from domainroute.embeddings import second_stage_embedder
 
             second_embedder = second_stage_embedder()
-        policy.add_second_stage(LearnedEscalationPolicy(pack.escalation.limits, second_embedder), rows, validation)
+        say("fitting the second stage (all-mpnet-base-v2 over every decision: one to two minutes on 2 cores)")
+        policy.add_second_stage(LearnedEscalationPolicy(pack.escalation.limits, second_embedder), rows, validation,
+                                progress=progress)
+        say(f"second stage {'kept, band ' + format(policy.cascade_band, '.3f') if policy.second else 'dropped'}")
     return policy
 
 
@@ -849,14 +861,15 @@ def should_promote(candidate: dict[str, Any], current: dict[str, Any] | None, *,
 
 def retrain(pack_dir: Path, log_path: Path | None = None, *, model_dir: Path | None = None,
             embedder: TextEncoder | None = None, max_precision_drop: float = MAX_PRECISION_DROP,
-            second_stage: bool | None = None, second_embedder: TextEncoder | None = None) -> RetrainResult:
+            second_stage: bool | None = None, second_embedder: TextEncoder | None = None,
+            progress: Callable[[str], None] | None = None) -> RetrainResult:
     """Train a candidate on train split + logged human decisions and promote it only by :func:`should_promote`.
 
     Log rows that repeat a validation or test row (same query and claim) are skipped, so both stay fixed; a log
     row that repeats a training row replaces it (the human's label wins). The default log is
     ``<pack>/escalation/human_decisions.jsonl``. The split files are used as they are (new rows in
     ``decisions.jsonl`` reach the model through :func:`train_escalation`, which places them). ``second_stage``:
-    None (default) trains a second stage when the current model has one.
+    None (default) trains a second stage when the current model has one. ``progress`` gets a line per step.
     """
     pack_dir = Path(pack_dir)
     pack = load_pack(pack_dir)
@@ -886,7 +899,8 @@ def retrain(pack_dir: Path, log_path: Path | None = None, *, model_dir: Path | N
     if second_stage is None:
         second_stage = current is not None and current.second is not None
     try:
-        candidate = _fit_policy(pack, list(by_key.values()), validation, embedder, second_stage, second_embedder)
+        candidate = _fit_policy(pack, list(by_key.values()), validation, embedder, second_stage, second_embedder,
+                                progress)
     except ValueError as exc:  # the logged labels leave a head untrainable: nothing to promote
         return RetrainResult(promoted=False, reason=f"the candidate could not be trained: {exc}",
                              model_dir=str(model_dir), candidate_metrics={}, current_metrics=cur_metrics,

@@ -200,7 +200,8 @@ def cmd_escalation(args: argparse.Namespace) -> int:
     if args.action == "retrain":
         from domainroute.agents.escalation import retrain
 
-        result = retrain(service.settings.pack_dir)
+        result = retrain(service.settings.pack_dir,
+                         progress=lambda message: print(f"domainroute: {message}", file=sys.stderr, flush=True))
         print(json.dumps(result if isinstance(result, dict) else getattr(result, "__dict__", str(result)),
                          indent=2, default=str))
         return 0

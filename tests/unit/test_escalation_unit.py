@@ -282,8 +282,12 @@ def test_two_stages_train_load_and_retrain_round_trip(tmp_path: Path, monkeypatc
     log = tmp_path / "human.jsonl"
     for i, w in enumerate(WORDS["legal"]):
         append_decision(log, f"the {w} from the {WORDS['none'][i]} office wrote", None, True, ["legal"], "reviewer:ana")
-    result = retrain(pack_dir, log, embedder=FakeEmbedder(), second_embedder=OtherFakeEmbedder())
+    steps: list[str] = []
+    result = retrain(pack_dir, log, embedder=FakeEmbedder(), second_embedder=OtherFakeEmbedder(),
+                     progress=steps.append)
     assert result.promoted is True, result.reason
+    assert steps[0].startswith("fitting the first stage") and "fold 5/5" in steps[-2] and steps[-1].startswith(
+        "second stage kept, band 0.900")
     after = json.loads((model_dir / "manifest.json").read_text(encoding="utf-8"))
     assert after["version"] == 2 and after["cascade"]["dir"] == "second_stage-v2"  # the current model's stages kept
     assert sorted(p.name for p in model_dir.glob("second_stage*")) == ["second_stage-v2"]
