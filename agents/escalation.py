@@ -439,16 +439,20 @@ class LearnedEscalationPolicy:
     def decide(self, query: str, claim: Claim | dict[str, Any] | None) -> EscalationDecision:
         """Escalate or not, with a 0..1 score and the sorted trigger names as reasons."""
         self._require_fitted()
-        assert self.thresholds is not None
-        text = validate_query(query)
         claim = _claim(claim)
+        return self._decide_one(validate_query(query), claim, structured_triggers(claim, self.limits))[1]
+
+    def _decide_one(self, text: str, claim: Claim | None,
+                    structured: list[str]) -> tuple[np.ndarray, EscalationDecision, bool]:
+        """The deciding stage's head probabilities, its decision, and whether the second stage decided."""
+        assert self.thresholds is not None
         p = self._probs_fast([text], [claim])[0]
-        structured = structured_triggers(claim, self.limits)
         decision = self._decision(p, structured, self.thresholds)
-        if self._needs_second(decision, structured):
-            assert self.second is not None and self.second.thresholds is not None
-            return self._decision(self.second._probs_fast([text], [claim])[0], structured, self.second.thresholds)
-        return decision
+        if not self._needs_second(decision, structured):
+            return p, decision, False
+        assert self.second is not None and self.second.thresholds is not None
+        p = self.second._probs_fast([text], [claim])[0]
+        return p, self._decision(p, structured, self.second.thresholds), True
 
     def _needs_second(self, decision: EscalationDecision, structured: list[str]) -> bool:
         """Only a text-only escalation under the band goes on; the structured limits and clear cases never do."""
@@ -534,13 +538,7 @@ class LearnedEscalationPolicy:
             probs, decisions, sent = [], [], []
             for r, st in zip(rows, structured):  # what decide() does, keeping the deciding stage's probabilities
                 t0 = time.perf_counter()
-                p = self._probs_fast([r["query"]], [r["claim"]])[0]
-                d = self._decision(p, st, self.thresholds)
-                go = self._needs_second(d, st)
-                if go:
-                    assert self.second is not None and self.second.thresholds is not None
-                    p = self.second._probs_fast([r["query"]], [r["claim"]])[0]
-                    d = self._decision(p, st, self.second.thresholds)
+                p, d, go = self._decide_one(r["query"], r["claim"], st)
                 times.append(time.perf_counter() - t0)
                 probs.append(p)
                 decisions.append(d)
@@ -680,10 +678,9 @@ class LearnedEscalationPolicy:
                                   "train the model again: `python -c 'from domainroute.agents.escalation import "
                                   "train_escalation; train_escalation(PACK_DIR)'`")
             if second_embedder is None:
-                from domainroute.embeddings import mpnet_path, second_stage_embedder
+                from domainroute.embeddings import checked_second_stage_embedder
 
-                mpnet_path()  # missing or altered weights are a clear error now, not on the first doubtful message
-                second_embedder = second_stage_embedder()
+                second_embedder = checked_second_stage_embedder()
             name = str(getattr(second_embedder, "name", type(second_embedder).__name__))
             if name != cascade.get("encoder"):
                 raise ConfigError(f"the second stage in {stage_dir} was trained with encoder "

@@ -669,10 +669,9 @@ class EmbeddingRouter:
                 raise ConfigError(f"{stage_dir} is missing or is not the second stage {path} was saved with; "
                                   "run `domainroute router train`")
             if second_embedder is None:
-                from domainroute.embeddings import mpnet_path, second_stage_embedder
+                from domainroute.embeddings import checked_second_stage_embedder
 
-                mpnet_path()  # missing or altered weights are a clear error now, not on the first unsure query
-                second_embedder = second_stage_embedder()
+                second_embedder = checked_second_stage_embedder()
             router.second = cls.load(stage_dir, embedder=second_embedder)
             if router.second.routes != router.routes:
                 raise ConfigError(f"{stage_dir} has routes {router.second.routes}, the first stage "

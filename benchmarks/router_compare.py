@@ -238,29 +238,23 @@ def policy_table(results: list[Result], sets: dict[str, list[dict]]) -> str:
 
 def challenge_table(results: list[Result], rows: list[dict], routes: list[str]) -> str:
     """Quality on the independent challenge set (no latency: the test-split table times every system)."""
-    lines = ["| system | accuracy | macro-F1 | out_of_scope recall | out_of_scope precision |",
-             "|---|---:|---:|---:|---:|"]
     truth = [e["route"] for e in rows]
-    for r in results:
-        if r.predict is None:
-            lines.append(f"| {r.name} | – | – | – | – |")
-            continue
-        m = metrics(truth, [r.predict(e["query"]) for e in rows], [0.0], routes)
-        lines.append(f"| {r.name} | {m['accuracy']:.3f} | {m['macro_f1']:.3f} | {m['oos_recall']:.3f} | "
-                     f"{m['oos_precision']:.3f} |")
-    return "\n".join(lines)
+    scored = [(r.name, metrics(truth, [r.predict(e["query"]) for e in rows], [0.0], routes) if r.predict else None)
+              for r in results]
+    return table(scored, latency=False)
 
 
-def table(results: list[Result]) -> str:
-    lines = ["| system | accuracy | macro-F1 | out_of_scope recall | out_of_scope precision | p50 ms | p95 ms |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in results:
-        if r.metrics is None:
-            lines.append(f"| {r.name} | – | – | – | – | – | – |")
+def table(rows: list[tuple[str, dict[str, float] | None]], *, latency: bool = True) -> str:
+    """One line per system: accuracy, macro-F1, out-of-scope recall and precision (and p50/p95 with ``latency``)."""
+    head = "| system | accuracy | macro-F1 | out_of_scope recall | out_of_scope precision |"
+    cols = 4 + (2 if latency else 0)
+    lines = [head + (" p50 ms | p95 ms |" if latency else ""), "|---|" + "---:|" * cols]
+    for name, m in rows:
+        if m is None:
+            lines.append(f"| {name} |" + " – |" * cols)
             continue
-        m = r.metrics
-        lines.append(f"| {r.name} | {m['accuracy']:.3f} | {m['macro_f1']:.3f} | {m['oos_recall']:.3f} | "
-                     f"{m['oos_precision']:.3f} | {m['p50_ms']:.1f} | {m['p95_ms']:.1f} |")
+        lines.append(f"| {name} | {m['accuracy']:.3f} | {m['macro_f1']:.3f} | {m['oos_recall']:.3f} | "
+                     f"{m['oos_precision']:.3f} |" + (f" {m['p50_ms']:.1f} | {m['p95_ms']:.1f} |" if latency else ""))
     return "\n".join(lines)
 
 
@@ -314,7 +308,7 @@ def main() -> int:
         f"the {len(train)} training queries, thresholds from the {len(val)} validation queries with one rule (best "
         f"accuracy with out-of-scope recall >= {OOS_RECALL_TARGET}).",
         "",
-        table(results),
+        table([(r.name, r.metrics) for r in results]),
         "",
         "## In-scope policy questions from the other evaluation sets",
         "",

@@ -416,3 +416,10 @@ def default_embedder() -> Embedder:
 def second_stage_embedder() -> ConcatEmbedder:
     """all-mpnet-base-v2 beside the shared all-MiniLM-L6-v2 (the router's second stage)."""
     return ConcatEmbedder(MpnetEmbedder(), default_embedder())
+
+
+def checked_second_stage_embedder() -> ConcatEmbedder:
+    """:func:`second_stage_embedder` after checking the all-mpnet-base-v2 weights (unpacked and hashed once, then a
+    stamp check), so loading a saved second stage fails now on missing or altered weights, not on its first use."""
+    mpnet_path()
+    return second_stage_embedder()

@@ -29,22 +29,14 @@ def _check_store(service: AgentService) -> None:
     retriever.search("warm up", tenant=service.settings.tenant, k=1)  # loads the embedder once
 
 
-def _warm_router(router: Any) -> None:
-    """A first call loads a lazily built encoder; a two-stage router loads both (``warm``)."""
-    warm = getattr(router, "warm", None)
+def _warm(component: Any, first_call: Callable[[], Any]) -> None:
+    """A two-stage router or policy loads both encoders (``warm``); anything else loads its lazily built encoder
+    on a first call."""
+    warm = getattr(component, "warm", None)
     if callable(warm):
         warm()
     else:
-        router.route("warm up")
-
-
-def _warm_policy(policy: Any) -> None:
-    """The escalation policy's first decision loads its encoder; a two-stage policy loads both (``warm``)."""
-    warm = getattr(policy, "warm", None)
-    if callable(warm):
-        warm()
-    else:
-        policy.decide("warm up", None)
+        first_call()
 
 
 def check(service: AgentService) -> dict[str, str]:
@@ -52,8 +44,9 @@ def check(service: AgentService) -> dict[str, str]:
     steps: dict[str, Callable[[], Any]] = {
         "pack": lambda: service.pack,
         "model": lambda: _load_model(service.chat_model),
-        "router": lambda: _warm_router(service.router),
-        "escalation_policy": lambda: _warm_policy(service.escalation_policy),
+        "router": lambda: _warm(service.router, lambda: service.router.route("warm up")),
+        "escalation_policy": lambda: _warm(service.escalation_policy,
+                                           lambda: service.escalation_policy.decide("warm up", None)),
         "store": lambda: _check_store(service),
         "checkpointer": lambda: service.checkpointer,
         "graph": lambda: service.graph,
