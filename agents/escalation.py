@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -51,12 +50,15 @@ from domainroute.agents import splits as splits_mod
 from domainroute.agents.router import (
     LexicalFeatures,
     TextEncoder,
+    check_pinned_files,
     ece,
     fit_logreg,
     latency_context,
     linear_scores,
     next_version,
     percentiles_ms,
+    remove_stale_stages,
+    save_second_stage,
     sha256_file,
     sha256_files,
     stage_files,
@@ -75,7 +77,6 @@ LINES = ("auto", "home", "health", None)
 CLASSIFIER_FILE = "classifier.safetensors"
 LEXICON_FILE = "lexicon.json"
 MANIFEST_FILE = "manifest.json"
-SECOND_STAGE_DIR = "second_stage"
 DEFAULT_LOG = Path("escalation") / "human_decisions.jsonl"
 """Where :func:`retrain` looks for logged human decisions, relative to the pack folder, unless told otherwise."""
 ALL_TRIGGERS = (*TEXT_TRIGGERS, *STRUCTURED_TRIGGERS)
@@ -620,22 +621,11 @@ class LearnedEscalationPolicy:
                                  if old else None),
             **(extra or {}),
         }
-        stage_name = f"{SECOND_STAGE_DIR}-v{version}"
-        if self.second is not None:
-            # a folder of this version's own, pinned by hash in the manifest written last; the folder the previous
-            # manifest names is left alone until then, so a save that stops half-way never breaks the stage in use
-            # (the first stage's own files are written before its manifest by write_linear_model, as the router's)
-            stage_dir = model_dir / stage_name
-            if stage_dir.exists():
-                shutil.rmtree(stage_dir)
-            self.second.save(stage_dir)
-            manifest["cascade"] = {"dir": stage_name, "band": self.cascade_band,
-                                   "encoder": self.second.encoder_name, "files": stage_files(stage_dir),
-                                   **self.cascade_report}
+        if self.second is not None:  # a folder of this version's own, pinned in the manifest (as the router's)
+            pin = save_second_stage(model_dir, version, self.second)
+            manifest["cascade"] = {**pin, "band": self.cascade_band, **self.cascade_report}
         write_linear_model(model_dir, self.coef, self.intercept, self.features, manifest)
-        for stale in [model_dir / SECOND_STAGE_DIR, *model_dir.glob(f"{SECOND_STAGE_DIR}-v*")]:  # this class's own
-            if stale.is_dir() and (self.second is None or stale.name != stage_name):
-                shutil.rmtree(stale)
+        remove_stale_stages(model_dir, keep=manifest["cascade"]["dir"] if manifest["cascade"] else None)
         self.manifest = manifest
         return manifest
 
@@ -658,6 +648,7 @@ class LearnedEscalationPolicy:
             raise ConfigError(f"{path} is not a format-{FORMAT} escalation manifest; retrain the model")
         if list(manifest.get("heads", [])) != list(HEADS):
             raise ConfigError(f"{path} has heads {manifest.get('heads')}, this code expects {list(HEADS)}; retrain")
+        check_pinned_files(model_dir, manifest, "retrain the model (`domainroute escalation retrain`)")
         arrays = load_file(str(model_dir / CLASSIFIER_FILE))
         policy = cls(limits, embedder, lexical=bool(manifest.get("lexical")))
         if policy.lexical:

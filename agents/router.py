@@ -17,9 +17,10 @@ What it decides, in order:
    first stage.
 
 The model is ``classifier.safetensors`` (coefficients, intercepts, idf weights), ``lexicon.json`` (the TF-IDF
-terms) and ``manifest.json`` (routes, thresholds, temperature, data hashes, test metrics): no pickle. A second
-stage lives in ``second_stage/`` with the same three files, pinned by their hashes in the first stage's manifest
-(``cascade``). Train with
+terms) and ``manifest.json`` (routes, thresholds, temperature, data hashes, test metrics, and the sha256 of the two
+other files): no pickle. A second stage lives in ``second_stage-v<N>/`` (N: the manifest's version) with the same
+three files, pinned by their hashes in the first stage's manifest (``cascade``). The manifest is written last, so a
+save that stops half-way is an error at load (files that do not match it), never a silent mix. Train with
 :func:`train_router` (``domainroute router train``), load with :func:`load_router`.
 """
 
@@ -29,7 +30,7 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -616,17 +617,11 @@ class EmbeddingRouter:
                                  if old else None),
             **(extra or {}),
         }
-        stage_dir = model_dir / SECOND_STAGE_DIR
         if self.second is not None:
-            # written first and pinned by hash in the manifest written last: a save that stops half-way is an error
-            # at load, never a silent mix of an old and a new stage
-            self.second.save(stage_dir)
-            manifest["cascade"] = {"dir": SECOND_STAGE_DIR, "threshold": self.cascade_threshold,
-                                   "encoder": self.second.encoder_name, "files": stage_files(stage_dir),
-                                   **self.cascade_report}
+            pin = save_second_stage(model_dir, version, self.second)
+            manifest["cascade"] = {**pin, "threshold": self.cascade_threshold, **self.cascade_report}
         write_linear_model(model_dir, self.coef, self.intercept, self.features, manifest)
-        if self.second is None and stage_dir.exists():
-            shutil.rmtree(stage_dir)
+        remove_stale_stages(model_dir, keep=manifest["cascade"]["dir"] if manifest["cascade"] else None)
         self.manifest = manifest
         return manifest
 
@@ -645,6 +640,7 @@ class EmbeddingRouter:
         manifest = json.loads(path.read_text(encoding="utf-8"))
         if manifest.get("kind") != "domainroute.router" or manifest.get("format") != FORMAT:
             raise ConfigError(f"{path} is not a format-{FORMAT} router manifest; run `domainroute router train`")
+        check_pinned_files(model_dir, manifest, "run `domainroute router train`")
         arrays = load_file(str(model_dir / CLASSIFIER_FILE))
         router = cls(embedder, lexical=bool(manifest.get("lexical")))
         router.routes = list(manifest["routes"])
@@ -698,21 +694,61 @@ def stage_files(stage_dir: Path) -> dict[str, str]:
     return {n: sha256_file(stage_dir / n) for n in names if (stage_dir / n).is_file()}
 
 
+def save_second_stage(model_dir: Path, version: int, stage: Any) -> dict[str, Any]:
+    """Save ``stage`` (a fitted router or escalation policy) into a folder of its own, ``second_stage-v<version>``,
+    and return its pin for the first stage's manifest: ``{"dir", "encoder", "files"}``.
+
+    The folder the previous manifest names is left alone until the new manifest is written (then
+    :func:`remove_stale_stages` removes it), so a save that stops half-way never breaks the stage in use.
+    """
+    name = f"{SECOND_STAGE_DIR}-v{version}"
+    stage_dir = Path(model_dir) / name
+    if stage_dir.exists():  # a save of this version that stopped half-way
+        shutil.rmtree(stage_dir)
+    stage.save(stage_dir)
+    return {"dir": name, "encoder": stage.encoder_name, "files": stage_files(stage_dir)}
+
+
+def remove_stale_stages(model_dir: Path, *, keep: str | None) -> None:
+    """Remove every second-stage folder in ``model_dir`` but ``keep`` (the one the manifest just written names)."""
+    for stale in [Path(model_dir) / SECOND_STAGE_DIR, *Path(model_dir).glob(f"{SECOND_STAGE_DIR}-v*")]:
+        if stale.is_dir() and stale.name != keep:
+            shutil.rmtree(stale)
+
+
 def write_linear_model(model_dir: Path, coef: np.ndarray, intercept: np.ndarray, features: "LexicalFeatures | None",
                        manifest: dict[str, Any]) -> None:
-    """Write a linear classifier (safetensors), its learned lexicon (when it has lexical features) and manifest."""
+    """Write a linear classifier (safetensors), its learned lexicon (when it has lexical features) and, last, the
+    manifest, which pins the other two by sha256 (``files``, added to ``manifest``; see :func:`check_pinned_files`)."""
     from safetensors.numpy import save
 
     arrays = {"coef": np.ascontiguousarray(coef), "intercept": np.ascontiguousarray(intercept)}
-    lexicon = model_dir / LEXICON_FILE
     if features is not None:
         arrays.update(features.arrays())
-        lexicon.write_text(json.dumps(features.vocab, ensure_ascii=False) + "\n", encoding="utf-8")
-    elif lexicon.exists():
-        lexicon.unlink()
     # bytes, then a plain write: safetensors' save_file creates the file owner-only (0600)
-    (model_dir / CLASSIFIER_FILE).write_bytes(save(arrays))
+    payload = {CLASSIFIER_FILE: save(arrays)}
+    if features is not None:
+        payload[LEXICON_FILE] = (json.dumps(features.vocab, ensure_ascii=False) + "\n").encode("utf-8")
+    manifest["files"] = {name: hashlib.sha256(data).hexdigest() for name, data in payload.items()}
+    lexicon = model_dir / LEXICON_FILE
+    if features is None and lexicon.exists():
+        lexicon.unlink()
+    for name, data in payload.items():
+        (model_dir / name).write_bytes(data)
     (model_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+
+def check_pinned_files(model_dir: Path, manifest: dict[str, Any], fix: str) -> None:
+    """ConfigError unless the files the manifest pins (``files``) have its sha256: a save that stopped before its
+    manifest, or a file edited or replaced afterwards. Manifests written before pins existed (no ``files``) pass."""
+    pinned = manifest.get("files")
+    if pinned is None:
+        return
+    wrong = sorted(name for name, digest in pinned.items()
+                   if not (model_dir / name).is_file() or sha256_file(model_dir / name) != digest)
+    if wrong:
+        raise ConfigError(f"{', '.join(str(model_dir / name) for name in wrong)} missing or not what "
+                          f"{model_dir / MANIFEST_FILE} was saved with (a save that stopped half-way?); {fix}")
 
 
 def router_data_paths(pack_dir: Path) -> dict[str, Path]:
@@ -734,11 +770,12 @@ def load_split(pack_dir: Path, split: str) -> list[dict[str, str]]:
 
 
 def train_router(pack_dir: Path, out_dir: Path | None = None, *, embedder: TextEncoder | None = None,
-                 second_stage: bool = True, second_embedder: TextEncoder | None = None) -> dict[str, Any]:
+                 second_stage: bool = True, second_embedder: TextEncoder | None = None,
+                 progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train on the pack's ``router/`` data and save to ``out_dir`` (default ``<pack>/router/model``).
 
     ``second_stage``: also train the second stage (``second_embedder``, default all-mpnet-base-v2 + MiniLM) and
-    choose the cascade threshold on validation.
+    choose the cascade threshold on validation. ``progress`` gets a line per step.
 
     Updates the splits first if ``queries.jsonl`` has rows they do not hold (old rows never move), adds the
     pack.toml ``examples`` to training, checks every pack route has data, and records the test metrics.
@@ -770,17 +807,25 @@ def train_router(pack_dir: Path, out_dir: Path | None = None, *, embedder: TextE
                 extra.append({"query": q, "route": r.name})
                 seen.add(splits_mod.normalise(q))
 
+    say = progress or (lambda message: None)
     t0 = time.perf_counter()
+    say(f"fitting the first stage on {len(train) + len(extra)} queries ({len(validation)} for validation)")
     router = EmbeddingRouter(embedder).fit(train + extra, routes, validation, min_confidence=_pack_floors(pack))
     if second_stage:
         if second_embedder is None:
             from domainroute.embeddings import second_stage_embedder
 
             second_embedder = second_stage_embedder()
+        say("fitting the second stage (all-mpnet-base-v2 over every query: under a minute on 2 cores; "
+            "`--no-second-stage` skips it)")
         router.add_second_stage(EmbeddingRouter(second_embedder), train + extra, validation)
+        say(f"second stage fitted: queries under confidence {router.cascade_threshold:.3f} go to it "
+            f"({router.cascade_report['validation_second_stage_share']:.1%} of validation)")
     train_seconds = time.perf_counter() - t0
+    say(f"scoring the test split ({len(test)} queries)")
     metrics = router.evaluate(test)
     out_dir = Path(out_dir) if out_dir is not None else pack_dir / "router" / "model"
+    say(f"saving to {out_dir}")
     return router.save(out_dir, extra={
         "data": {
             "sha256": sha256_files([paths["train"], paths["validation"]]),

@@ -195,13 +195,17 @@ def cmd_route(args: argparse.Namespace) -> int:
     return _run_jsonl(handle)
 
 
+def _say(message: str) -> None:
+    """A progress line on stderr (stdout stays the command's JSON)."""
+    print(f"domainroute: {message}", file=sys.stderr, flush=True)
+
+
 def cmd_escalation(args: argparse.Namespace) -> int:
     service = _service(args)
     if args.action == "retrain":
         from domainroute.agents.escalation import retrain
 
-        result = retrain(service.settings.pack_dir,
-                         progress=lambda message: print(f"domainroute: {message}", file=sys.stderr, flush=True))
+        result = retrain(service.settings.pack_dir, progress=_say)
         print(json.dumps(result if isinstance(result, dict) else getattr(result, "__dict__", str(result)),
                          indent=2, default=str))
         return 0
@@ -239,7 +243,7 @@ def cmd_router(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     if args.action == "train":
-        manifest = router_mod.train_router(settings.pack_dir, second_stage=not args.no_second_stage)
+        manifest = router_mod.train_router(settings.pack_dir, second_stage=not args.no_second_stage, progress=_say)
         print(json.dumps(manifest.get("test_metrics", manifest), indent=2, default=str))
         return 0
     from domainroute.pack import load_pack

@@ -199,6 +199,14 @@ def test_save_load_round_trip(fitted: LearnedEscalationPolicy, tmp_path: Path) -
     assert again["version"] == 2 and again["previous_version"]["test_metrics"] == {"recall": 1.0}
 
 
+def test_files_that_do_not_match_the_manifest_are_refused_at_load(fitted: LearnedEscalationPolicy,
+                                                                  tmp_path: Path) -> None:
+    assert set(fitted.save(tmp_path / "m")["files"]) == {"classifier.safetensors", "lexicon.json"}
+    (tmp_path / "m" / "lexicon.json").write_text("{}", encoding="utf-8")  # as a save that stopped half-way leaves it
+    with pytest.raises(ConfigError, match="lexicon.json missing or not what .*manifest.json was saved with.*retrain"):
+        LearnedEscalationPolicy.load(tmp_path / "m", LIMITS, embedder=FakeEmbedder())
+
+
 def test_load_missing_model_says_how_to_fix(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no escalation model"):
         LearnedEscalationPolicy.load(tmp_path / "none", LIMITS, embedder=FakeEmbedder())

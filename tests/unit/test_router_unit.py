@@ -156,6 +156,32 @@ def test_save_load_round_trip_without_pickle(fitted: EmbeddingRouter, tmp_path: 
     assert fitted.save(tmp_path / "model")["previous_version"]["version"] == 1
 
 
+def test_a_save_that_stopped_before_its_manifest_is_an_error_at_load(fitted: EmbeddingRouter, cascade: EmbeddingRouter,
+                                                                    tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    manifest = fitted.save(model)
+    assert set(manifest["files"]) == {"classifier.safetensors", "lexicon.json"}
+    kept = (model / "manifest.json").read_bytes()
+    cascade.save(model)  # another model's files ...
+    (model / "manifest.json").write_bytes(kept)  # ... under the first one's manifest, as if the save stopped there
+    with pytest.raises(ConfigError, match="classifier.safetensors.*lexicon.json.*half-way.*domainroute router train"):
+        EmbeddingRouter.load(model, embedder=FakeEmbedder())
+    legacy = json.loads(kept)
+    del legacy["files"]  # a manifest saved before files were pinned is not checked
+    fitted.save(model)
+    (model / "manifest.json").write_text(json.dumps({**legacy, "version": 3}), encoding="utf-8")
+    EmbeddingRouter.load(model, embedder=FakeEmbedder())
+
+
+def test_train_router_reports_each_step(tmp_path: Path) -> None:
+    pack_dir = write_pack(tmp_path / "pack", ROUTES, make_examples())
+    lines: list[str] = []
+    train_router(pack_dir, embedder=FakeEmbedder(), second_embedder=FakeEmbedder(96, "fake-large"),
+                 progress=lines.append)
+    assert [line.split(" ")[0] for line in lines] == ["fitting", "fitting", "second", "scoring", "saving"]
+    assert "first stage" in lines[0] and "second stage" in lines[1] and str(pack_dir / "router" / "model") in lines[-1]
+
+
 def test_load_missing_model_says_how_to_fix(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="domainroute router train"):
         EmbeddingRouter.load(tmp_path / "nothing", embedder=FakeEmbedder())
@@ -351,8 +377,8 @@ def test_evaluate_reports_the_second_stage_share(cascade: EmbeddingRouter) -> No
 
 def test_second_stage_round_trip(cascade: EmbeddingRouter, tmp_path: Path) -> None:
     manifest = cascade.save(tmp_path / "model")
-    assert manifest["cascade"]["dir"] == "second_stage" and manifest["cascade"]["encoder"] == "fake-large"
-    assert sorted(p.name for p in (tmp_path / "model" / "second_stage").iterdir()) == [
+    assert manifest["cascade"]["dir"] == "second_stage-v1" and manifest["cascade"]["encoder"] == "fake-large"
+    assert sorted(p.name for p in (tmp_path / "model" / "second_stage-v1").iterdir()) == [
         "classifier.safetensors", "lexicon.json", "manifest.json"]
     loaded = EmbeddingRouter.load(tmp_path / "model", embedder=FakeEmbedder(),
                                   second_embedder=FakeEmbedder(96, "fake-large"))
@@ -362,9 +388,12 @@ def test_second_stage_round_trip(cascade: EmbeddingRouter, tmp_path: Path) -> No
     # retraining without a second stage removes the old one
     single = EmbeddingRouter.load(tmp_path / "model", embedder=FakeEmbedder(),
                                   second_embedder=FakeEmbedder(96, "fake-large"))
+    assert cascade.save(tmp_path / "model")["cascade"]["dir"] == "second_stage-v2"  # a new folder per version,
+    assert not (tmp_path / "model" / "second_stage-v1").exists()                       # the old one removed after
+    (tmp_path / "model" / "second_stage").mkdir()  # the fixed folder models saved before session 9 used
     single.second = None
     assert single.save(tmp_path / "model")["cascade"] is None
-    assert not (tmp_path / "model" / "second_stage").exists()
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["classifier.safetensors", "manifest.json"]
 
 
 def test_add_second_stage_takes_an_unfitted_router(cascade: EmbeddingRouter) -> None:
@@ -413,14 +442,16 @@ def test_a_changed_or_missing_second_stage_is_an_error(cascade: EmbeddingRouter,
     cascade.save(model)
     kw = {"embedder": FakeEmbedder(), "second_embedder": FakeEmbedder(96, "fake-large")}
     other = EmbeddingRouter(FakeEmbedder(96, "fake-large")).fit(make_examples()[::2], ROUTES, make_examples()[1::2])
-    other.save(model / "second_stage")  # e.g. a save of the pair that stopped half-way
+    stage = model / "second_stage-v1"
+    shutil.rmtree(stage)
+    other.save(stage)  # another stage in the folder the manifest names
     with pytest.raises(ConfigError, match="not the second stage.*domainroute router train"):
         EmbeddingRouter.load(model, **kw)
-    cascade.save(model)
-    (model / "second_stage" / "lexicon.json").write_text("{}", encoding="utf-8")  # one file of the three
+    stage = model / cascade.save(model)["cascade"]["dir"]
+    (stage / "lexicon.json").write_text("{}", encoding="utf-8")  # one file of the three
     with pytest.raises(ConfigError, match="not the second stage"):
         EmbeddingRouter.load(model, **kw)
-    shutil.rmtree(model / "second_stage")
+    shutil.rmtree(stage)
     with pytest.raises(ConfigError, match="missing"):
         EmbeddingRouter.load(model, **kw)
 
@@ -438,7 +469,7 @@ def test_a_changed_or_missing_second_stage_is_an_error(cascade: EmbeddingRouter,
 def test_stages_with_different_route_orders_are_an_error(cascade: EmbeddingRouter, tmp_path: Path) -> None:
     model = tmp_path / "model"
     cascade.save(model)
-    manifest_path = model / "second_stage" / "manifest.json"
+    manifest_path = model / "second_stage-v1" / "manifest.json"
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     manifest["routes"] = list(reversed(manifest["routes"]))
     manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
