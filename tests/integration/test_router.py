@@ -39,7 +39,7 @@ def test_committed_manifest_matches_the_data_and_the_model(router: EmbeddingRout
     assert manifest["cascade"]["encoder"] == ("sentence-transformers/all-mpnet-base-v2 + "
                                               "sentence-transformers/all-MiniLM-L6-v2")
     assert router.second is not None and router.second.encoder_name == manifest["cascade"]["encoder"]
-    second = json.loads((MODEL_DIR / "second_stage" / "manifest.json").read_text(encoding="utf-8"))
+    second = json.loads((MODEL_DIR / manifest["cascade"]["dir"] / "manifest.json").read_text(encoding="utf-8"))
     assert second["routes"] == manifest["routes"] and second["encoder"] == manifest["cascade"]["encoder"]
     assert manifest["routes"] == load_pack(BUNDLED_PACK).route_names
     n = test_metrics["n"]
