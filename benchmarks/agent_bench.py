@@ -18,7 +18,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from langchain_core.callbacks import BaseCallbackHandler  # noqa: E402
 
-from domainroute.retrievers import make_retriever  # noqa: E402
+from domainroute.retrievers import configured_retriever  # noqa: E402
 from domainroute.retrievers.ingest import ingest  # noqa: E402
 from domainroute.service import AgentService  # noqa: E402
 from domainroute.settings import Settings  # noqa: E402
@@ -77,7 +77,7 @@ class ModelTimer(BaseCallbackHandler):
 def main() -> None:
     data = Path(tempfile.mkdtemp(prefix="dr-bench-"))
     settings = Settings(data_dir=data)
-    ingest(settings.kb_dir, make_retriever("lancedb", store_path=settings.store_path), progress=False)
+    ingest(settings.kb_dir, configured_retriever(settings), progress=False)
 
     env = {**os.environ, "DOMAINROUTE_DATA_DIR": str(data)}
     start = time.perf_counter()

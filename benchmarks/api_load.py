@@ -79,12 +79,12 @@ def build_service(engine: str, data_dir: Path | None) -> tuple[AgentService, str
                                escalation_policy=WordPolicy({"lawyer": "legal"}))
         return service, "fake components (tests/fakes.py): API, HTTP, SQLite and checkpoint overhead only"
     if data_dir is None:
-        from domainroute.retrievers import make_retriever
+        from domainroute.retrievers import configured_retriever
         from domainroute.retrievers.ingest import ingest
 
         data_dir = Path(tempfile.mkdtemp(prefix="api-load-"))
         settings = Settings(data_dir=data_dir)
-        ingest(settings.kb_dir, make_retriever("lancedb", store_path=settings.store_path), progress=True)
+        ingest(settings.kb_dir, configured_retriever(settings), progress=True)
     settings = Settings(data_dir=data_dir)
     label = (f"real embedded service ({settings.llm_backend} model {settings.base_model_path.name}, "
              f"{settings.retriever_backend}, SQLite checkpoints)")

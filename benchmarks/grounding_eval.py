@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from domainroute.commands.grounding import evaluate, render_markdown  # noqa: E402
-from domainroute.retrievers import make_retriever  # noqa: E402
+from domainroute.retrievers import configured_retriever  # noqa: E402
 from domainroute.retrievers.ingest import ingest  # noqa: E402
 from domainroute.settings import Settings  # noqa: E402
 
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="dr-grounding-") as tmp:
         settings = Settings(data_dir=Path(tmp))
-        ingest(settings.kb_dir, make_retriever("lancedb", store_path=settings.store_path), progress=False)
+        ingest(settings.kb_dir, configured_retriever(settings), progress=False)
         report = evaluate(settings, split=args.split, limit=args.limit, progress=True)
     command = ".venv/bin/python benchmarks/grounding_eval.py" + (f" --split {args.split}" if args.split != "test" else "")
     command += f" --limit {args.limit}" if args.limit else ""

@@ -25,7 +25,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from domainroute.agents.router import load_router  # noqa: E402
 from domainroute.commands.grounding import evaluate  # noqa: E402
 from domainroute.pack import load_pack  # noqa: E402
-from domainroute.retrievers import make_retriever  # noqa: E402
+from domainroute.retrievers import configured_retriever  # noqa: E402
 from domainroute.retrievers.ingest import ingest  # noqa: E402
 from domainroute.settings import Settings  # noqa: E402
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     reports = {}
     with tempfile.TemporaryDirectory(prefix="dr-router-agent-") as tmp:
         settings = Settings(data_dir=Path(tmp))
-        ingest(settings.kb_dir, make_retriever("lancedb", store_path=settings.store_path), progress=False)
+        ingest(settings.kb_dir, configured_retriever(settings), progress=False)
         committed = load_router(settings.router_dir, load_pack(settings.pack_dir))
         first = copy.copy(committed)
         first.second = None  # the same first stage, its second stage switched off

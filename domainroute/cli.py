@@ -99,13 +99,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from domainroute.retrievers import make_retriever
+    from domainroute.retrievers import configured_retriever
     from domainroute.retrievers.ingest import ingest
 
     settings = _settings(args)
     path = Path(args.path) if args.path else settings.kb_dir
-    retriever = make_retriever(settings.retriever_backend, store_path=settings.store_path,
-                               weaviate_url=settings.weaviate_url)
+    retriever = configured_retriever(settings)
     report = ingest(path, retriever, progress=not args.quiet)
     where = settings.store_path if settings.retriever_backend == "lancedb" else settings.weaviate_url
     print(f"ingested {report.documents} documents, {report.chunks} chunks, tenants: {', '.join(report.tenants)} -> {where}")

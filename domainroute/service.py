@@ -104,10 +104,9 @@ class AgentService:
     def retriever(self):
         if "retriever" in self._components:
             return self._components["retriever"]
-        from domainroute.retrievers import make_retriever
+        from domainroute.retrievers import configured_retriever
 
-        retriever = make_retriever(self.settings.retriever_backend, store_path=self.settings.store_path,
-                                   weaviate_url=self.settings.weaviate_url)
+        retriever = configured_retriever(self.settings)
         if retriever.count(tenant=self.settings.tenant) == 0:
             raise ConfigError(
                 f"the knowledge base for tenant {self.settings.tenant!r} is empty in "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from domainroute.errors import ConfigError
 
@@ -42,3 +42,12 @@ def make_retriever(
 
         return WeaviateRetriever(weaviate_url, embedder=embedder)
     raise ConfigError(f"unknown retriever backend {backend!r}; known: {', '.join(BACKENDS)}")
+
+
+def configured_retriever(settings: Any) -> Retriever:
+    """The store ``settings`` point at, embedding with the pack's retrieval encoder (its trained adapter when it has
+    one, :func:`domainroute.retrievers.encoder.retrieval_embedder`): what ``ingest``, ``ask`` and the API use."""
+    from domainroute.retrievers.encoder import retrieval_embedder
+
+    return make_retriever(settings.retriever_backend, store_path=settings.store_path,
+                          weaviate_url=settings.weaviate_url, embedder=retrieval_embedder(settings.pack_dir))

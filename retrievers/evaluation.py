@@ -240,21 +240,28 @@ def write_default_alpha(pack_dir: Path, choice: AlphaChoice, *, eval_path: Path)
     return path
 
 
-class MemoEmbedder(Embedder):
-    """The shared encoder with a per-text cache, so every mode and alpha reuses one query vector."""
+class MemoEmbedder:
+    """An encoder (default: the shared one) with a per-text cache, so every mode and alpha reuses one query vector."""
 
-    def __init__(self, backend: str | None = None) -> None:
-        super().__init__(backend)
+    def __init__(self, inner: Any = None) -> None:
+        self.inner = inner if inner is not None else Embedder()
+        self.name, self.dim = self.inner.name, self.inner.dim
         self._cache: dict[str, np.ndarray] = {}
 
     def encode(self, texts: list[str], *, batch_size: int = BATCH_SIZE, progress: bool = False) -> np.ndarray:
         missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
         if missing:
-            vectors = super().encode(missing, batch_size=batch_size, progress=progress)
+            vectors = self.inner.encode(missing, batch_size=batch_size, progress=progress)
             self._cache.update(zip(missing, vectors, strict=True))
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.stack([self._cache[t] for t in texts])
+
+    def encode_one(self, text: str) -> np.ndarray:
+        return self.encode([text])[0]
+
+    def describe(self) -> dict[str, Any]:
+        return self.inner.describe()
 
 
 def per_line(rankings: Sequence[Sequence[str]], items: Sequence[EvalItem], lines: Sequence[str]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ chunks instead of duplicating them.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import date
@@ -17,7 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from domainroute.embeddings import Embedder, default_embedder
+from domainroute.embeddings import ENCODER_NAME, Embedder, default_embedder
 from domainroute.errors import InputError
 from domainroute.retrievers.base import Chunk, Retriever
 
@@ -143,6 +144,22 @@ def find_documents(path: Path) -> list[Path]:
     raise InputError(f"{path}: no such file or folder")
 
 
+def _reembed_other_encoders(retriever: Retriever, tenants: set[str], embedder: Embedder, progress: bool) -> None:
+    """A LanceDB tenant whose vectors another encoder wrote is re-embedded first (the stored chunks stay; only
+    their vectors change), so the new chunks join comparable ones. Other stores refuse such writes instead."""
+    stored_encoder = getattr(retriever, "stored_encoder", None)
+    if stored_encoder is None:
+        return
+    name = str(getattr(embedder, "name", ENCODER_NAME))
+    for tenant in sorted(tenants):
+        stored = stored_encoder(tenant)
+        if stored is not None and stored != name:
+            if progress:
+                print(f"tenant {tenant!r}: stored vectors are from {stored!r}; re-embedding them with {name!r}",
+                      file=sys.stderr, flush=True)
+            retriever.reembed(tenant, progress=progress)  # type: ignore[attr-defined]
+
+
 def load_chunks(path: Path) -> list[Chunk]:
     """Parse and chunk every document under ``path`` (no embedding)."""
     return [chunk for file in find_documents(path) for chunk in chunk_document(parse_document(file))]
@@ -155,7 +172,12 @@ def embedding_text(chunk: Chunk) -> str:
     "title. text" (the title mostly repeats the document type and pushes the chunk's tail past the encoder's
     256-token window); see docs/benchmarks/retrieval.md.
     """
-    return f"{chunk.line}: {chunk.text}"
+    return embedding_text_of(chunk.line, chunk.text)
+
+
+def embedding_text_of(line: str, text: str) -> str:
+    """:func:`embedding_text` from a stored row's ``line`` and ``text`` (re-embedding a store reads rows back)."""
+    return f"{line}: {text}"
 
 
 @dataclass(frozen=True)
@@ -180,10 +202,13 @@ def ingest(
 
     docs = [parse_document(file) for file in find_documents(path)]
     chunked = [chunk_document(doc) for doc in docs]
-    embedder = embedder or default_embedder()
+    if embedder is None:  # the retriever's own encoder, so the vectors match what its store records
+        own = getattr(retriever, "_get_embedder", None)
+        embedder = own() if own is not None else default_embedder()
     by_tenant: dict[str, list[list[Chunk]]] = {}
     bar = tqdm(total=sum(len(c) for c in chunked), unit="chunk", desc="ingest", disable=not progress)
     bulk = getattr(retriever, "upsert_documents", None)
+    _reembed_other_encoders(retriever, {doc.meta.tenant for doc in docs}, embedder, progress)
     total = 0
     for doc, chunks in zip(docs, chunked, strict=True):
         vectors = embedder.encode([embedding_text(c) for c in chunks])

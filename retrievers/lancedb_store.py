@@ -25,7 +25,7 @@ from lancedb.expr import Expr, col, lit
 from lancedb.index import FTS, Bitmap, BTree
 from lancedb.table import Table
 
-from domainroute.embeddings import Embedder, default_embedder
+from domainroute.embeddings import ENCODER_NAME, Embedder, default_embedder
 from domainroute.errors import BackendUnavailableError, ConfigError, InputError, RetrievalUnavailableError
 from domainroute.retrievers.base import Chunk, SearchFilters
 from domainroute.retrievers.documents import (
@@ -68,10 +68,16 @@ with an IVF_HNSW_SQ vector index, hybrid p50 with a line + doc type + date filte
 _NOT_TEXT = {"version": pa.int32(), "ordinal": pa.int32(), "effective_date": pa.date32(), "valid_to": pa.date32()}
 
 
-def table_schema(dim: int) -> pa.Schema:
-    """One row per chunk; dates are date32 (valid_to of the newest version = OPEN_END); ``vector`` is float32[dim]."""
+ENCODER_KEY = b"domainroute.encoder"
+"""Schema metadata naming the encoder whose vectors a table holds (tables written before it: the shared MiniLM)."""
+
+
+def table_schema(dim: int, encoder: str | None = None) -> pa.Schema:
+    """One row per chunk; dates are date32 (valid_to of the newest version = OPEN_END); ``vector`` is float32[dim].
+    ``encoder`` is recorded in the schema's metadata."""
     fields = [pa.field(name, _NOT_TEXT.get(name, pa.string()), nullable=False) for name in COLUMNS]
-    return pa.schema([*fields, pa.field("vector", pa.list_(pa.float32(), dim), nullable=False)])
+    schema = pa.schema([*fields, pa.field("vector", pa.list_(pa.float32(), dim), nullable=False)])
+    return schema.with_metadata({ENCODER_KEY: encoder.encode()}) if encoder else schema
 
 
 class LanceDBRetriever:
@@ -122,9 +128,13 @@ class LanceDBRetriever:
         what = repr(docs[0].doc_id) if len(docs) == 1 else f"{len(docs)} documents"
         failure = f"could not store document {what} in LanceDB at {self.path}"
         with self._lock, backend_errors(failure, BackendUnavailableError):
-            schema = table_schema(dim)
-            table = self._db().create_table(name, schema=schema, exist_ok=True)
+            encoder = self._encoder_name()
+            table = self._open(tenant)
+            if table is None:
+                table = self._db().create_table(name, schema=table_schema(dim, encoder), exist_ok=True)
             _check_dim(table, dim)
+            _check_encoder(table, encoder, self.path)
+            schema = table_schema(dim)
             source = _merge_source(docs, vectors, table, schema)
             by_version: dict[int, list[str]] = {}
             for doc in docs:
@@ -186,6 +196,36 @@ class LanceDBRetriever:
             table = self._open(tenant)
             return 0 if table is None else table.count_rows()
 
+    def stored_encoder(self, tenant: str) -> str | None:
+        """The encoder whose vectors the tenant's table holds (None: no table yet)."""
+        validate_tenant(tenant)
+        with backend_errors(f"could not read LanceDB at {self.path}", RetrievalUnavailableError):
+            table = self._open(tenant)
+            return None if table is None else _table_encoder(table)
+
+    def reembed(self, tenant: str, *, progress: bool = False) -> int:
+        """Recompute every stored vector of the tenant with this retriever's encoder (after the encoder changed:
+        ``domainroute ingest`` calls it); returns the number of chunks. The rows' text and metadata are kept; the
+        table is replaced in one LanceDB version, so a run that stops half-way leaves the old table as it was."""
+        from domainroute.retrievers.ingest import embedding_text_of
+
+        validate_tenant(tenant)
+        with self._lock, backend_errors(f"could not re-embed tenant {tenant!r} in LanceDB at {self.path}",
+                                        BackendUnavailableError):
+            table = self._open(tenant)
+            if table is None:
+                return 0
+            data = table.to_arrow()
+            texts = [embedding_text_of(line, text) for line, text in
+                     zip(data["line"].to_pylist(), data["text"].to_pylist(), strict=True)]
+            vectors = np.asarray(self._get_embedder().encode(texts, progress=progress), dtype=np.float32)
+            schema = table_schema(vectors.shape[1], self._encoder_name())
+            column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), vectors.shape[1])
+            rows = data.drop_columns(["vector"]).append_column("vector", column).select(schema.names)
+            self._db().create_table(table.name, data=rows.cast(schema), schema=schema, mode="overwrite")
+            self._indexed.pop(table.name, None)
+            return len(texts)
+
     def tenants(self) -> list[str]:
         with backend_errors(f"could not read LanceDB at {self.path}", RetrievalUnavailableError):
             names = self._table_names()
@@ -212,6 +252,9 @@ class LanceDBRetriever:
             self._embedder = default_embedder()
         return self._embedder
 
+    def _encoder_name(self) -> str:
+        return str(getattr(self._get_embedder(), "name", ENCODER_NAME))
+
     def _db(self) -> lancedb.DBConnection:
         with self._lock:
             if self._connection is None:
@@ -234,6 +277,7 @@ class LanceDBRetriever:
 
     def _vector_hits(self, table: Table, vector: np.ndarray, where: Expr, limit: int) -> list[tuple[str, dict, float]]:
         _check_dim(table, len(vector))
+        _check_encoder(table, self._encoder_name(), self.path)
         rows = (
             table.search(vector.tolist(), query_type="vector", vector_column_name="vector")
             .distance_type("cosine")
@@ -369,6 +413,21 @@ def _where(s: ResolvedSearch) -> Expr:
     if s.doc_types:
         where = where & col("doc_type").isin(list(s.doc_types))
     return where
+
+
+def _table_encoder(table: Table) -> str:
+    return (table.schema.metadata or {}).get(ENCODER_KEY, ENCODER_NAME.encode()).decode()
+
+
+def _check_encoder(table: Table, encoder: str, path: Path) -> None:
+    """ConfigError when the table's vectors come from another encoder than the one embedding now."""
+    stored = _table_encoder(table)
+    if stored != encoder:
+        raise ConfigError(
+            f"LanceDB table {table.name!r} in {path} holds vectors of encoder {stored!r}, but this configuration "
+            f"embeds with {encoder!r}: their similarities mean nothing to each other. Run `domainroute ingest` "
+            "(it re-embeds the stored chunks with the current encoder first)"
+        )
 
 
 def _check_dim(table: Table, dim: int) -> None:

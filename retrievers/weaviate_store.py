@@ -14,7 +14,7 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
-from domainroute.embeddings import Embedder, default_embedder
+from domainroute.embeddings import ENCODER_NAME, Embedder, default_embedder
 from domainroute.errors import BackendUnavailableError, ConfigError, RetrievalUnavailableError
 from domainroute.retrievers.base import Chunk, SearchFilters
 from domainroute.retrievers.documents import (
@@ -31,6 +31,8 @@ from domainroute.schemas import Passage
 
 DEFAULT_COLLECTION = "DomainrouteChunk"
 VECTOR_NAME = "default"
+ENCODER_MARK = "encoder: "
+"""Marks the encoder name in the collection's description (vectors of different encoders do not compare)."""
 MAX_VERSIONS_ROWS = 10_000
 """Most stored chunks (all versions) of one document that upsert_document reads back; Weaviate's query cap."""
 _FIELD_PROPERTIES = ("chunk_id", "doc_id", "line", "doc_type", "tenant")  # exact-match filters, not searched
@@ -85,6 +87,7 @@ class WeaviateRetriever:
         self._client: Any | None = None
         self._lock = threading.RLock()
         self._collection_exists = False
+        self._encoder_checked = False
         self._known_tenants: set[str] = set()
 
     def __repr__(self) -> str:
@@ -97,7 +100,9 @@ class WeaviateRetriever:
         vectors = chunk_vectors(doc.chunks, self._get_embedder).tolist()
         failure = f"could not store document {doc.doc_id!r} in Weaviate at {self.url}"
         with self._lock, backend_errors(failure, BackendUnavailableError):
-            handle = self._create_collection().with_tenant(self._create_tenant(tenant))
+            collection = self._create_collection()
+            self._check_encoder()
+            handle = collection.with_tenant(self._create_tenant(tenant))
             self._write(handle, doc, vectors)
         return len(doc.chunks)
 
@@ -118,6 +123,8 @@ class WeaviateRetriever:
                 return []
         vector = self._get_embedder().encode_one(s.query).tolist() if s.mode != "keyword" else None
         with backend_errors(failure, RetrievalUnavailableError):
+            if vector is not None:
+                self._check_encoder()
             handle = self._client_or_raise().collections.get(self._collection_name).with_tenant(s.tenant)
             hits = self._query(handle, s, vector)
         return [passage_from_row(props, tenant=s.tenant, score=score) for props, score in hits]
@@ -162,6 +169,24 @@ class WeaviateRetriever:
         if self._embedder is None:
             self._embedder = default_embedder()
         return self._embedder
+
+    def _encoder_name(self) -> str:
+        return str(getattr(self._get_embedder(), "name", ENCODER_NAME))
+
+    def _check_encoder(self) -> None:
+        """ConfigError when the collection's vectors come from another encoder (named in its description; a
+        collection created before that: the shared MiniLM). Checked once per retriever."""
+        if self._encoder_checked or not self._has_collection():
+            return
+        description = self._client_or_raise().collections.get(self._collection_name).config.get().description or ""
+        stored = description.split(ENCODER_MARK, 1)[1].strip() if ENCODER_MARK in description else ENCODER_NAME
+        if stored != self._encoder_name():
+            raise ConfigError(
+                f"Weaviate collection {self._collection_name!r} at {self.url} holds vectors of encoder {stored!r}, "
+                f"but this configuration embeds with {self._encoder_name()!r}: re-ingest into a new collection "
+                "(delete it, or set another collection name, then run `domainroute ingest`)"
+            )
+        self._encoder_checked = True
 
     def _client_or_raise(self) -> Any:
         with self._lock:
@@ -221,7 +246,8 @@ class WeaviateRetriever:
             dates = [Property(name=n, data_type=DataType.DATE) for n in ("effective_date", "valid_to")]
             client.collections.create(
                 self._collection_name,
-                description="domainroute document chunks, one tenant per customer organisation",
+                description="domainroute document chunks, one tenant per customer organisation; "
+                            f"{ENCODER_MARK}{self._encoder_name()}",
                 properties=[*fields, *texts, *numbers, *dates],
                 multi_tenancy_config=Configure.multi_tenancy(
                     enabled=True, auto_tenant_creation=True, auto_tenant_activation=True

@@ -21,6 +21,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from domainroute.embeddings import ENCODER_NAME
 from domainroute.errors import ConfigError, InputError
 
 HELP = ("Measure retrieval quality on the pack's labelled questions (retrieval/eval.jsonl): recall@5 and MRR@10 for "
@@ -35,7 +36,9 @@ RERANK_POOL = 20
 
 def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     p = add("retrieval", cmd_retrieval, HELP, EXAMPLE)
-    p.add_argument("action", choices=["eval"], help="eval: run the evaluation")
+    p.add_argument("action", choices=["eval", "train-encoder"],
+                   help="eval: run the evaluation; train-encoder: train the pack's retrieval adapter on "
+                        "retrieval/train_questions.jsonl (~20 min on 2 cores), then run eval to measure it")
     p.add_argument("--split", choices=["test", "validation"], default="test",
                    help="split to report at the alpha chosen on validation (default test)")
     p.add_argument("--eval-set", type=Path,
@@ -51,6 +54,14 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
                         f"{RERANK_POOL}; reported as 'not available' unless it loads offline "
                         f"(default {DEFAULT_RERANKER})")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    train = p.add_argument_group("train-encoder (defaults: the committed run)")
+    train.add_argument("--epochs", type=int, help="passes over the training questions (default 2)")
+    train.add_argument("--lr", dest="learning_rate", type=float, help="peak learning rate (default 2e-4)")
+    train.add_argument("--batch-size", dest="batch_size", type=int, help="questions per step (default 16)")
+    train.add_argument("--hard-negatives", dest="hard_negatives", type=int,
+                       help="mined negatives per question per step (default 1)")
+    train.add_argument("--seed", type=int, help="seed of data order, negatives, dropout, LoRA init (default 0)")
+    train.add_argument("--out", type=Path, help="adapter folder (default: <pack>/retrieval/encoder)")
 
 
 def cmd_retrieval(args: argparse.Namespace) -> int:
@@ -58,6 +69,8 @@ def cmd_retrieval(args: argparse.Namespace) -> int:
     from domainroute.retrievers.evaluation import EVAL_NAME, load_eval_set
 
     settings = _settings(args)
+    if args.action == "train-encoder":
+        return _train_encoder(settings, args)
     eval_path = args.eval_set or settings.pack_dir / "retrieval" / EVAL_NAME
     items = load_eval_set(eval_path)  # a bad set fails before anything loads
     if args.report is not None and args.report.is_dir():
@@ -75,6 +88,23 @@ def cmd_retrieval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_encoder(settings: Any, args: argparse.Namespace) -> int:
+    from domainroute.retrievers.encoder import EncoderTrainConfig, train_encoder
+
+    chosen = {k: getattr(args, k) for k in ("epochs", "learning_rate", "batch_size", "hard_negatives", "seed")
+              if getattr(args, k) is not None}
+    try:
+        config = EncoderTrainConfig(**chosen)
+    except ValueError as exc:
+        raise InputError(f"train-encoder: {exc}") from None
+    manifest = train_encoder(settings.pack_dir, args.out, config=config, progress=True)
+    print(json.dumps(manifest, indent=2))
+    print("next: `domainroute retrieval eval` measures it (alpha chosen on validation); `domainroute ingest` "
+          "re-embeds a LanceDB store with it (a store refuses queries from another encoder than its own)",
+          file=sys.stderr)
+    return 0
+
+
 def evaluate_pack(settings: Any, items: Sequence[Any], *, eval_path: Path, split: str, store: str, reranker: str,
                   write_default: bool) -> dict[str, Any]:
     """Everything the command reports, as a JSON-ready dict."""
@@ -83,7 +113,9 @@ def evaluate_pack(settings: Any, items: Sequence[Any], *, eval_path: Path, split
 
     chunks = load_chunks(settings.kb_dir)
     check_against_chunks(items, chunks, today=date.today())
-    embedder = MemoEmbedder()
+    from domainroute.retrievers.encoder import retrieval_embedder
+
+    embedder = MemoEmbedder(retrieval_embedder(settings.pack_dir))
     embedder.encode([item.question for item in items])  # one batch; every search below reuses these vectors
     if store == "temp":
         with tempfile.TemporaryDirectory(prefix="domainroute-eval-") as folder:
@@ -93,6 +125,8 @@ def evaluate_pack(settings: Any, items: Sequence[Any], *, eval_path: Path, split
             retriever = LanceDBRetriever(Path(folder), embedder=embedder)
             ingest(settings.kb_dir, retriever, embedder=embedder, progress=True)
             result = _evaluate(retriever, items, chunks, split=split, reranker=reranker)
+        if embedder.name != ENCODER_NAME:  # the pack's adapter: the shared encoder alone, side by side
+            result["results"].update(_shared_encoder_rows(settings, items, split))
     else:
         from domainroute.retrievers import make_retriever
 
@@ -108,6 +142,7 @@ def evaluate_pack(settings: Any, items: Sequence[Any], *, eval_path: Path, split
             if close is not None:
                 close()
     result.update(
+        encoder=embedder.name,
         store="temporary LanceDB" if store == "temp" else settings.retriever_backend,
         eval_set=str(eval_path),
         eval_set_sha256=hashlib.sha256(Path(eval_path).read_bytes()).hexdigest(),
@@ -165,6 +200,29 @@ def _evaluate(retriever: Any, items: Sequence[Any], chunks: Sequence[Any], *, sp
     }
 
 
+def _shared_encoder_rows(settings: Any, items: Sequence[Any], split: str) -> dict[str, dict[str, Any]]:
+    """Vector and hybrid search with the shared encoder (no retrieval adapter) in a store of its own, its alpha
+    chosen on validation as the adapter's is: what the adapter is compared with in the same run."""
+    from domainroute.retrievers.evaluation import MemoEmbedder, choose_alpha, run, search_ranker
+    from domainroute.retrievers.ingest import ingest
+    from domainroute.retrievers.lancedb_store import LanceDBRetriever
+
+    validation = [item for item in items if item.split == "validation"]
+    reported = [item for item in items if item.split == split]
+    shared = MemoEmbedder()
+    with tempfile.TemporaryDirectory(prefix="domainroute-eval-shared-") as folder:
+        retriever = LanceDBRetriever(Path(folder), embedder=shared)
+        print("the shared encoder without the adapter, for comparison ...", file=sys.stderr, flush=True)
+        ingest(settings.kb_dir, retriever, embedder=shared, progress=True)
+        alpha = choose_alpha(retriever, validation).alpha
+        rows = {}
+        for label, mode, a in (("vector, shared encoder (no retrieval adapter)", "vector", 1.0),
+                               (f"hybrid, shared encoder, alpha {alpha} (chosen on validation)", "hybrid", alpha)):
+            rows[label] = run(search_ranker(retriever, mode=mode, alpha=a), reported)[0].as_dict() | {
+                "mode": mode, "alpha": a, "encoder": shared.name}
+    return rows
+
+
 def _rerank_row(retriever: Any, items: Sequence[Any], name: str, alpha: float) -> dict[str, Any]:
     from domainroute.retrievers.evaluation import load_cross_encoder, rerank_ranker, run
 
@@ -181,7 +239,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         "# Retrieval quality",
         "",
         f"Command: `{result['command']}` ({result['seconds']} s on {result['machine']}, "
-        f"{result['date']}). Store: {result['store']}; knowledge base: {result['kb_chunks']} chunks; question set "
+        f"{result['date']}). Encoder: {result['encoder']}. "
+        f"Store: {result['store']}; knowledge base: {result['kb_chunks']} chunks; question set "
         f"`{Path(result['eval_set']).name}` (sha256 `{result['eval_set_sha256'][:12]}`), "
         f"{result['questions']['validation']} validation and {result['questions'][split]} {split} questions, "
         "each searched in its tenant on its `as_of` date (today when null), no line filter, k = 10.",

@@ -17,12 +17,12 @@ CLI = [sys.executable, "-m", "domainroute.cli"]
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
     """A data dir with the bundled knowledge base ingested once per test session."""
-    from domainroute.retrievers import make_retriever
+    from domainroute.retrievers import configured_retriever
     from domainroute.retrievers.ingest import ingest
 
     path = tmp_path_factory.mktemp("data")
     settings = Settings(data_dir=path)
-    report = ingest(settings.kb_dir, make_retriever("lancedb", store_path=settings.store_path), progress=False)
+    report = ingest(settings.kb_dir, configured_retriever(settings), progress=False)  # the pack's retrieval encoder
     assert report.chunks >= 300
     return path
 

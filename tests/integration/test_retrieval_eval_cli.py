@@ -21,6 +21,8 @@ def small_pack(tmp_path: Path) -> Path:
     pack = tmp_path / "pack"
     shutil.copytree(BUNDLED_PACK / "kb", pack / "kb")
     shutil.copy(BUNDLED_PACK / "pack.toml", pack / "pack.toml")
+    if (BUNDLED_PACK / "retrieval" / "encoder").is_dir():  # the encoder the session's store was ingested with
+        shutil.copytree(BUNDLED_PACK / "retrieval" / "encoder", pack / "retrieval" / "encoder")
     by_id = {c.chunk_id: c for c in load_chunks(pack / "kb")}
     items, seen = [], {}
     for item in load_eval_set(BUNDLED_PACK / "retrieval" / EVAL_NAME):
@@ -29,7 +31,7 @@ def small_pack(tmp_path: Path) -> Path:
             seen[line] = seen.get(line, 0) + 1
             items.append(item)
     splits = assign_splits([i.question for i in items], [item_line(i, by_id) for i in items])
-    (pack / "retrieval").mkdir()
+    (pack / "retrieval").mkdir(exist_ok=True)
     with (pack / "retrieval" / EVAL_NAME).open("w") as out:
         for item, split in zip(items, splits, strict=True):
             out.write(item.model_copy(update={"split": split}).model_dump_json() + "\n")
