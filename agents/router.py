@@ -40,7 +40,7 @@ import numpy as np
 
 from domainroute.agents import splits as splits_mod
 from domainroute.errors import ConfigError
-from domainroute.hashing import sha256_file
+from domainroute.hashing import files_not_matching, sha256_file
 from domainroute.pack import OUT_OF_SCOPE, Pack, load_pack
 from domainroute.schemas import RouteDecision, validate_query
 
@@ -744,8 +744,7 @@ def check_pinned_files(model_dir: Path, manifest: dict[str, Any], fix: str) -> N
     pinned = manifest.get("files")
     if pinned is None:
         return
-    wrong = sorted(name for name, digest in pinned.items()
-                   if not (model_dir / name).is_file() or sha256_file(model_dir / name) != digest)
+    wrong = files_not_matching(model_dir, pinned)
     if wrong:
         raise ConfigError(f"{', '.join(str(model_dir / name) for name in wrong)} missing or not what "
                           f"{model_dir / MANIFEST_FILE} was saved with (a save that stopped half-way?); {fix}")

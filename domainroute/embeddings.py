@@ -191,7 +191,7 @@ def _max_seq_length(model_dir: Path) -> int:
         return 256
 
 
-@lru_cache(maxsize=2)
+@lru_cache(maxsize=4)  # MiniLM, mpnet, the retrieval encoder: a cascade request alternates between them
 def _load_torch_at(model_dir: str):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
@@ -405,6 +405,11 @@ class ConcatEmbedder:
     def encode(self, texts: list[str], **kwargs: Any) -> np.ndarray:
         vectors = [np.asarray(p.encode(texts, **kwargs), dtype=np.float32) for p in self.parts]
         return np.hstack(vectors) / np.float32(np.sqrt(len(self.parts)))
+
+
+def encoder_name(embedder: Any) -> str:
+    """The name a store records for ``embedder``'s vectors (an encoder without one: the shared MiniLM)."""
+    return str(getattr(embedder, "name", ENCODER_NAME))
 
 
 @lru_cache(maxsize=1)

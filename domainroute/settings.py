@@ -68,6 +68,8 @@ class Settings(BaseSettings):
 
     retriever_backend: Literal["lancedb", "weaviate"] = "lancedb"
     weaviate_url: str | None = None
+    weaviate_collection: str = Field("DomainrouteChunk", pattern=r"^[A-Z][A-Za-z0-9_]*$", description=(
+        "Weaviate collection holding the chunks (a new name starts a new collection, e.g. for another encoder)."))
     top_k: int = Field(4, ge=1, le=20, description="Passages retrieved per turn (cap; the model cannot raise it).")
     hybrid_alpha: float = Field(default_factory=lambda data: pack_hybrid_alpha(data.get("pack_dir", BUNDLED_PACK)),
                                 ge=0.0, le=1.0, description="Hybrid fusion weight: 1 = vector only, 0 = keyword only; "

@@ -19,6 +19,7 @@ def make_retriever(
     *,
     store_path: Path | str | None = None,
     weaviate_url: str | None = None,
+    weaviate_collection: str | None = None,
     embedder: Embedder | None = None,
 ) -> Retriever:
     """The retriever for ``backend`` (settings.retriever_backend); only that backend's package is imported.
@@ -40,6 +41,8 @@ def make_retriever(
             )
         from domainroute.retrievers.weaviate_store import WeaviateRetriever
 
+        if weaviate_collection:
+            return WeaviateRetriever(weaviate_url, embedder=embedder, collection=weaviate_collection)
         return WeaviateRetriever(weaviate_url, embedder=embedder)
     raise ConfigError(f"unknown retriever backend {backend!r}; known: {', '.join(BACKENDS)}")
 
@@ -50,4 +53,5 @@ def configured_retriever(settings: Any) -> Retriever:
     from domainroute.retrievers.encoder import retrieval_embedder
 
     return make_retriever(settings.retriever_backend, store_path=settings.store_path,
-                          weaviate_url=settings.weaviate_url, embedder=retrieval_embedder(settings.pack_dir))
+                          weaviate_url=settings.weaviate_url, weaviate_collection=settings.weaviate_collection,
+                          embedder=retrieval_embedder(settings.pack_dir))

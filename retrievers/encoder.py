@@ -8,7 +8,7 @@ router and the escalation policy keep the shared encoder.
 
 Layout: ``<pack>/retrieval/encoder/`` holds ``adapter_config.json`` and ``adapter_model.safetensors`` (peft's
 format, ~2.7 MB) and ``manifest.json`` (base encoder and the sha256 of its weights, training-data hash, config,
-losses, validation metrics, and the sha256 of the two adapter files). The first process that needs it merges the
+losses, and the sha256 of the two adapter files; the figures are measured by ``domainroute retrieval eval``). The first process that needs it merges the
 adapter into a copy of the base model in ``$DOMAINROUTE_CACHE_DIR/encoders/`` (~90 MB, a few seconds, once); the
 ONNX export follows as for MiniLM. A pack without ``retrieval/encoder/`` retrieves with the shared encoder.
 
@@ -40,7 +40,7 @@ import numpy as np
 
 from domainroute.embeddings import ENCODER_NAME, Embedder, cache_dir, default_embedder, encoder_path, fcntl
 from domainroute.errors import ConfigError, InputError
-from domainroute.hashing import sha256_file
+from domainroute.hashing import files_not_matching, sha256_file
 
 ENCODER_DIR = Path("retrieval") / "encoder"
 """Where a pack keeps its retrieval adapter, relative to the pack folder."""
@@ -205,6 +205,10 @@ def train_encoder(pack_dir: Path, out_dir: Path | None = None, *, config: Encode
     config = config or EncoderTrainConfig()
     pack_dir = Path(pack_dir)
     out_dir = Path(out_dir) if out_dir is not None else pack_dir / ENCODER_DIR
+    try:  # before training: the version to write (an unreadable old manifest is replaced, not a lost run)
+        version = int(_read_manifest(out_dir).get("version", 0)) + 1 if (out_dir / MANIFEST_FILE).is_file() else 1
+    except (ConfigError, ValueError, TypeError):
+        version = 1
     chunks = {c.chunk_id: c for c in load_chunks(pack_dir / "kb")}
     eval_path = pack_dir / EVAL_FILE
     held_out = [i.question for i in load_eval_set(eval_path)] if eval_path.is_file() else []
@@ -261,10 +265,12 @@ def train_encoder(pack_dir: Path, out_dir: Path | None = None, *, config: Encode
     train_seconds = time.perf_counter() - t0
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    old = _read_manifest(out_dir) if (out_dir / MANIFEST_FILE).is_file() else None
     work = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=".encoder-"))
     try:
         model.save_pretrained(str(work))
+        adapter_config = json.loads((work / "adapter_config.json").read_text(encoding="utf-8"))
+        adapter_config["base_model_name_or_path"] = ENCODER_NAME  # not this machine's path to the package
+        (work / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2) + "\n", encoding="utf-8")
         for name in ADAPTER_FILES:
             os.replace(work / name, out_dir / name)
             os.chmod(out_dir / name, 0o644)  # safetensors writes owner-only files; a package file is read by all
@@ -272,7 +278,7 @@ def train_encoder(pack_dir: Path, out_dir: Path | None = None, *, config: Encode
         shutil.rmtree(work, ignore_errors=True)
     manifest = {
         "kind": "domainroute.retrieval_encoder", "format": FORMAT,
-        "version": int(old.get("version", 0)) + 1 if old else 1,
+        "version": version,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "base_encoder": ENCODER_NAME, "base_sha256": sha256_file(base_dir / "model.safetensors"),
         "data": {"file": TRAIN_FILE.as_posix(), "sha256": sha256_file(train_path), "questions": len(rows),
@@ -309,8 +315,7 @@ class TunedEmbedder(Embedder):
         super().__init__(backend)
         self.adapter_dir = Path(adapter_dir)
         self.manifest = _read_manifest(self.adapter_dir)
-        wrong = [n for n, digest in self.manifest.get("files", {}).items()
-                 if not (self.adapter_dir / n).is_file() or sha256_file(self.adapter_dir / n) != digest]
+        wrong = files_not_matching(self.adapter_dir, self.manifest.get("files", {}))
         if wrong or set(self.manifest.get("files", {})) != set(ADAPTER_FILES):
             raise ConfigError(f"{self.adapter_dir}: {', '.join(wrong) or 'adapter files'} missing or not what its "
                               "manifest was saved with; run `domainroute retrieval train-encoder`")

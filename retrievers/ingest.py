@@ -8,8 +8,8 @@ chunks instead of duplicating them.
 
 from __future__ import annotations
 
+import logging
 import re
-import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import date
@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from domainroute.embeddings import ENCODER_NAME, Embedder, default_embedder
+from domainroute.embeddings import Embedder, default_embedder, encoder_name
 from domainroute.errors import InputError
 from domainroute.retrievers.base import Chunk, Retriever
 
@@ -144,19 +144,18 @@ def find_documents(path: Path) -> list[Path]:
     raise InputError(f"{path}: no such file or folder")
 
 
-def _reembed_other_encoders(retriever: Retriever, tenants: set[str], embedder: Embedder, progress: bool) -> None:
-    """A LanceDB tenant whose vectors another encoder wrote is re-embedded first (the stored chunks stay; only
-    their vectors change), so the new chunks join comparable ones. Other stores refuse such writes instead."""
+def _reembed_other_encoders(retriever: Retriever, embedder: Embedder, progress: bool) -> None:
+    """Every LanceDB tenant whose vectors another encoder wrote is re-embedded first (the stored chunks stay; only
+    their vectors change), so the new chunks join comparable ones and no tenant is left unsearchable. Each
+    conversion is logged with its direction. Other stores refuse such writes instead."""
     stored_encoder = getattr(retriever, "stored_encoder", None)
     if stored_encoder is None:
         return
-    name = str(getattr(embedder, "name", ENCODER_NAME))
-    for tenant in sorted(tenants):
+    name = encoder_name(embedder)
+    for tenant in retriever.tenants():
         stored = stored_encoder(tenant)
         if stored is not None and stored != name:
-            if progress:
-                print(f"tenant {tenant!r}: stored vectors are from {stored!r}; re-embedding them with {name!r}",
-                      file=sys.stderr, flush=True)
+            log.warning("tenant %r: re-embedding the stored chunks, written by %r, with %r", tenant, stored, name)
             retriever.reembed(tenant, progress=progress)  # type: ignore[attr-defined]
 
 
@@ -178,6 +177,9 @@ def embedding_text(chunk: Chunk) -> str:
 def embedding_text_of(line: str, text: str) -> str:
     """:func:`embedding_text` from a stored row's ``line`` and ``text`` (re-embedding a store reads rows back)."""
     return f"{line}: {text}"
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -202,13 +204,16 @@ def ingest(
 
     docs = [parse_document(file) for file in find_documents(path)]
     chunked = [chunk_document(doc) for doc in docs]
+    own = getattr(retriever, "_get_embedder", None)
     if embedder is None:  # the retriever's own encoder, so the vectors match what its store records
-        own = getattr(retriever, "_get_embedder", None)
         embedder = own() if own is not None else default_embedder()
+    elif own is not None and encoder_name(embedder) != encoder_name(own()):
+        raise InputError(f"ingest embeds with {encoder_name(embedder)!r} but the retriever records "
+                         f"{encoder_name(own())!r}; pass the retriever's own encoder (or none)")
     by_tenant: dict[str, list[list[Chunk]]] = {}
     bar = tqdm(total=sum(len(c) for c in chunked), unit="chunk", desc="ingest", disable=not progress)
     bulk = getattr(retriever, "upsert_documents", None)
-    _reembed_other_encoders(retriever, {doc.meta.tenant for doc in docs}, embedder, progress)
+    _reembed_other_encoders(retriever, embedder, progress)
     total = 0
     for doc, chunks in zip(docs, chunked, strict=True):
         vectors = embedder.encode([embedding_text(c) for c in chunks])

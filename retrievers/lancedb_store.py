@@ -25,7 +25,7 @@ from lancedb.expr import Expr, col, lit
 from lancedb.index import FTS, Bitmap, BTree
 from lancedb.table import Table
 
-from domainroute.embeddings import ENCODER_NAME, Embedder, default_embedder
+from domainroute.embeddings import ENCODER_NAME, Embedder, default_embedder, encoder_name
 from domainroute.errors import BackendUnavailableError, ConfigError, InputError, RetrievalUnavailableError
 from domainroute.retrievers.base import Chunk, SearchFilters
 from domainroute.retrievers.documents import (
@@ -174,6 +174,9 @@ class LanceDBRetriever:
         vector = self._get_embedder().encode_one(s.query) if use_vector else None
         pool = s.k if s.mode != "hybrid" else min(max(2 * s.k, HYBRID_POOL), 100)
         with backend_errors(failure, RetrievalUnavailableError):
+            if vector is not None:  # before either leg starts: vectors of another encoder compare to nothing
+                _check_dim(table, len(vector))
+                _check_encoder(table, self._encoder_name(), self.path)
             self._ensure_indexes(table)
             where = _where(s)
             # the two hybrid legs run at once: LanceDB searches in native code without the GIL
@@ -206,7 +209,10 @@ class LanceDBRetriever:
     def reembed(self, tenant: str, *, progress: bool = False) -> int:
         """Recompute every stored vector of the tenant with this retriever's encoder (after the encoder changed:
         ``domainroute ingest`` calls it); returns the number of chunks. The rows' text and metadata are kept; the
-        table is replaced in one LanceDB version, so a run that stops half-way leaves the old table as it was."""
+        table is replaced in one LanceDB version, so a run that stops half-way leaves the old table as it was, and
+        a table another process wrote to meanwhile is left alone (an error: run it again). A vector index built on
+        the table is dropped with the old vectors (rebuild it; the full-text and filter indexes come back by
+        themselves)."""
         from domainroute.retrievers.ingest import embedding_text_of
 
         validate_tenant(tenant)
@@ -215,13 +221,20 @@ class LanceDBRetriever:
             table = self._open(tenant)
             if table is None:
                 return 0
+            version = table.version
             data = table.to_arrow()
             texts = [embedding_text_of(line, text) for line, text in
                      zip(data["line"].to_pylist(), data["text"].to_pylist(), strict=True)]
-            vectors = np.asarray(self._get_embedder().encode(texts, progress=progress), dtype=np.float32)
-            schema = table_schema(vectors.shape[1], self._encoder_name())
-            column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), vectors.shape[1])
+            embedder = self._get_embedder()
+            dim = int(getattr(embedder, "dim", 0)) or int(data.schema.field("vector").type.list_size)
+            vectors = np.asarray(embedder.encode(texts, progress=progress), dtype=np.float32).reshape(len(texts), dim)
+            schema = table_schema(dim, self._encoder_name())
+            column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim)
             rows = data.drop_columns(["vector"]).append_column("vector", column).select(schema.names)
+            table.checkout_latest()
+            if table.version != version:
+                raise BackendUnavailableError(f"tenant {tenant!r} in LanceDB at {self.path} changed while it was "
+                                              "being re-embedded; nothing was replaced: run `domainroute ingest` again")
             self._db().create_table(table.name, data=rows.cast(schema), schema=schema, mode="overwrite")
             self._indexed.pop(table.name, None)
             return len(texts)
@@ -253,7 +266,7 @@ class LanceDBRetriever:
         return self._embedder
 
     def _encoder_name(self) -> str:
-        return str(getattr(self._get_embedder(), "name", ENCODER_NAME))
+        return encoder_name(self._get_embedder())
 
     def _db(self) -> lancedb.DBConnection:
         with self._lock:
@@ -276,8 +289,6 @@ class LanceDBRetriever:
         return self._db().open_table(name) if name in self._table_names() else None
 
     def _vector_hits(self, table: Table, vector: np.ndarray, where: Expr, limit: int) -> list[tuple[str, dict, float]]:
-        _check_dim(table, len(vector))
-        _check_encoder(table, self._encoder_name(), self.path)
         rows = (
             table.search(vector.tolist(), query_type="vector", vector_column_name="vector")
             .distance_type("cosine")

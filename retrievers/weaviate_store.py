@@ -14,7 +14,7 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
-from domainroute.embeddings import ENCODER_NAME, Embedder, default_embedder
+from domainroute.embeddings import ENCODER_NAME, Embedder, default_embedder, encoder_name
 from domainroute.errors import BackendUnavailableError, ConfigError, RetrievalUnavailableError
 from domainroute.retrievers.base import Chunk, SearchFilters
 from domainroute.retrievers.documents import (
@@ -171,7 +171,7 @@ class WeaviateRetriever:
         return self._embedder
 
     def _encoder_name(self) -> str:
-        return str(getattr(self._get_embedder(), "name", ENCODER_NAME))
+        return encoder_name(self._get_embedder())
 
     def _check_encoder(self) -> None:
         """ConfigError when the collection's vectors come from another encoder (named in its description; a
@@ -183,8 +183,8 @@ class WeaviateRetriever:
         if stored != self._encoder_name():
             raise ConfigError(
                 f"Weaviate collection {self._collection_name!r} at {self.url} holds vectors of encoder {stored!r}, "
-                f"but this configuration embeds with {self._encoder_name()!r}: re-ingest into a new collection "
-                "(delete it, or set another collection name, then run `domainroute ingest`)"
+                f"but this configuration embeds with {self._encoder_name()!r}: set DOMAINROUTE_WEAVIATE_COLLECTION "
+                "to a new name (or delete this collection) and run `domainroute ingest` to fill it"
             )
         self._encoder_checked = True
 

@@ -131,7 +131,8 @@ def evaluate_pack(settings: Any, items: Sequence[Any], *, eval_path: Path, split
         from domainroute.retrievers import make_retriever
 
         retriever = make_retriever(settings.retriever_backend, store_path=settings.store_path,
-                                   weaviate_url=settings.weaviate_url, embedder=embedder)
+                                   weaviate_url=settings.weaviate_url,
+                                   weaviate_collection=settings.weaviate_collection, embedder=embedder)
         try:
             if retriever.count(tenant=items[0].tenant) == 0:
                 raise ConfigError(f"the configured {settings.retriever_backend} store has no chunks for tenant "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import lancedb
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from domainroute.embeddings import ENCODER_NAME, default_embedder
-from domainroute.errors import ConfigError
+from domainroute.errors import BackendUnavailableError, ConfigError, InputError
 from domainroute.hashing import sha256_file
 from domainroute.retrievers.encoder import (
     ENCODER_DIR,
@@ -43,7 +44,8 @@ def test_the_committed_adapter_is_current_and_changes_the_vectors() -> None:
     assert float((a * b).sum(axis=1).min()) < 0.99  # another encoder, not a copy of the shared one
 
 
-def test_training_writes_an_adapter_that_loads(tmp_path: Path) -> None:
+def test_training_writes_an_adapter_that_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOMAINROUTE_CACHE_DIR", str(tmp_path / "cache"))  # the merged model lands here
     pack = tmp_path / "pack"
     shutil.copytree(BUNDLED_PACK / "kb", pack / "kb")
     (pack / "retrieval").mkdir()
@@ -56,8 +58,10 @@ def test_training_writes_an_adapter_that_loads(tmp_path: Path) -> None:
     folder = pack / ENCODER_DIR
     assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
                                                          "manifest.json"]
-    assert json.loads((folder / "adapter_config.json").read_text())["r"] == 16  # peft's own format
+    adapter_config = json.loads((folder / "adapter_config.json").read_text())
+    assert adapter_config["r"] == 16 and adapter_config["base_model_name_or_path"] == ENCODER_NAME  # peft's format
     assert retrieval_embedder(pack).encode_one(QUESTION).shape == (384,)
+    assert [p.name for p in (tmp_path / "cache" / "encoders").glob("minilm-retrieval-*") if p.is_dir()]
     assert train_encoder(pack, config=config, progress=False)["version"] == 2
 
 
@@ -106,8 +110,12 @@ def test_weaviate_refuses_vectors_of_another_encoder() -> None:
         store.upsert_document([GLASS], tenant="northwind")
         other = WeaviateRetriever(store.url, embedder=NamedHashEmbedder("encoder-b"),
                                   collection=store._collection_name, grpc_port=store._grpc_port)
-        with other, pytest.raises(ConfigError, match="holds vectors of encoder 'encoder-a'.*'encoder-b'"):
-            other.search(QUESTION, tenant="northwind", k=2)
+        with other:
+            for call in (lambda: other.search(QUESTION, tenant="northwind", k=2),
+                         lambda: other.upsert_document([GLASS], tenant="northwind")):
+                with pytest.raises(ConfigError, match="holds vectors of encoder 'encoder-a'.*'encoder-b'.*"
+                                                      "DOMAINROUTE_WEAVIATE_COLLECTION"):
+                    call()
         assert [p.chunk_id for p in store.search(QUESTION, tenant="northwind", k=2)] == [GLASS.chunk_id]
     finally:
         stores.close()
@@ -116,8 +124,9 @@ def test_weaviate_refuses_vectors_of_another_encoder() -> None:
 def test_ingest_re_embeds_a_tenant_another_encoder_wrote(tmp_path: Path) -> None:
     from domainroute.retrievers.ingest import embedding_text, ingest, load_chunks
 
-    LanceDBRetriever(tmp_path / "s", embedder=NamedHashEmbedder("encoder-a")).upsert_document([GLASS],
-                                                                                               tenant="northwind")
+    old = LanceDBRetriever(tmp_path / "s", embedder=NamedHashEmbedder("encoder-a"))
+    old.upsert_document([GLASS], tenant="northwind")
+    old.upsert_document([replace(GLASS, tenant="acme")], tenant="acme")  # a tenant the ingest below does not touch
     b = NamedHashEmbedder("encoder-b")
     retriever = LanceDBRetriever(tmp_path / "s", embedder=b)
     assert retriever.stored_encoder("northwind") == "encoder-a" and retriever.stored_encoder("nobody") is None
@@ -130,6 +139,41 @@ def test_ingest_re_embeds_a_tenant_another_encoder_wrote(tmp_path: Path) -> None
     kept = next(r for r in rows if r["chunk_id"] == GLASS.chunk_id)
     np.testing.assert_allclose(kept["vector"], b.encode_one(embedding_text(GLASS)), atol=1e-6)
     assert [p.chunk_id for p in retriever.search(QUESTION, tenant="northwind", k=50)]  # searchable again
+    assert retriever.stored_encoder("acme") == "encoder-b"  # every tenant, not only the ingested ones
+    assert [p.chunk_id for p in retriever.search(QUESTION, tenant="acme", k=1)] == [GLASS.chunk_id]
+    with pytest.raises(InputError, match="ingest embeds with 'encoder-c' but the retriever records 'encoder-b'"):
+        ingest(folder, retriever, embedder=NamedHashEmbedder("encoder-c"), progress=False)
+
+
+def test_a_re_embedding_that_another_write_overtakes_replaces_nothing(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    LanceDBRetriever(tmp_path / "s", embedder=NamedHashEmbedder("encoder-a")).upsert_document([GLASS],
+                                                                                               tenant="northwind")
+    writer = LanceDBRetriever(tmp_path / "s", embedder=NamedHashEmbedder("encoder-a"))
+    b = NamedHashEmbedder("encoder-b")
+    encode = b.encode
+
+    def encode_while_another_process_writes(texts: list[str], **kw: object):
+        writer.upsert_document([replace(GLASS, chunk_id="auto-glass@v1#001", ordinal=1)] + [GLASS],
+                               tenant="northwind")
+        return encode(texts, **kw)
+
+    monkeypatch.setattr(b, "encode", encode_while_another_process_writes)
+    with pytest.raises(BackendUnavailableError, match="changed while it was being re-embedded"):
+        LanceDBRetriever(tmp_path / "s", embedder=b).reembed("northwind")
+    assert writer.stored_encoder("northwind") == "encoder-a" and writer.count(tenant="northwind") == 2
+
+
+def test_the_weaviate_collection_is_a_setting(tmp_path: Path) -> None:
+    pytest.importorskip("weaviate", reason="pip install 'domainroute[weaviate]'")
+    from domainroute.retrievers import configured_retriever
+    from domainroute.settings import Settings
+
+    settings = Settings(data_dir=tmp_path, retriever_backend="weaviate", weaviate_url="http://127.0.0.1:9",
+                        weaviate_collection="DomainrouteChunkTuned")
+    assert configured_retriever(settings)._collection_name == "DomainrouteChunkTuned"  # nothing connects yet
+    with pytest.raises(ValueError, match="weaviate_collection"):
+        Settings(data_dir=tmp_path, weaviate_collection="lower-case")
 
 
 def test_the_adapter_keeps_its_measured_quality_on_the_test_split(data_dir: Path) -> None:
