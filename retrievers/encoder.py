@@ -311,6 +311,10 @@ def _read_manifest(adapter_dir: Path) -> dict[str, Any]:
 class TunedEmbedder(Embedder):
     """The shared encoder with the pack's retrieval adapter merged in; same interface, dimension and backends."""
 
+    onnx_spin = False
+    """Not spinning, as all-mpnet-base-v2's session: a second session left spinning beside the shared MiniLM's slows
+    the next call of the other (measured for mpnet; for this one see docs/benchmarks/agent.md)."""
+
     def __init__(self, adapter_dir: Path, backend: str | None = None) -> None:
         super().__init__(backend)
         self.adapter_dir = Path(adapter_dir)
