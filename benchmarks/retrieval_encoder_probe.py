@@ -31,15 +31,11 @@ import numpy as np  # noqa: E402
 
 from domainroute.embeddings import Embedder, encoder_path  # noqa: E402
 from domainroute.retrievers import make_retriever  # noqa: E402
-from domainroute.retrievers.base import SearchFilters  # noqa: E402
 from domainroute.retrievers.evaluation import EvalItem, choose_alpha, load_eval_set, run, score, search_ranker  # noqa: E402
-from domainroute.retrievers.filters import resolve_search  # noqa: E402
 from domainroute.retrievers.fusion import normalise  # noqa: E402
 from domainroute.retrievers.ingest import ingest  # noqa: E402
-from domainroute.retrievers.lancedb_store import _where  # noqa: E402
+from retrieval_ltr_probe import PACK, two_legs  # noqa: E402  (benchmarks/, the folder of this script)
 
-PACK = Path(__file__).resolve().parent.parent / "domainroute" / "packs" / "insurance"
-POOL = 20  # candidates per leg, as the retriever fetches them
 SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\"])|\n+")
 
 
@@ -54,15 +50,7 @@ def maxsim(items: list[EvalItem]) -> None:
     cache: dict[tuple[str, str], np.ndarray] = {}
     data = []
     for item in items:
-        s = resolve_search(item.question, tenant=item.tenant, k=10, filters=SearchFilters(as_of=item.as_of),
-                           alpha=0.5, mode="hybrid")
-        table = retriever._open(s.tenant)
-        retriever._ensure_indexes(table)
-        where = _where(s)
-        query = embedder.encode_one(s.query)
-        vector = [(c, raw) for c, _, raw in retriever._vector_hits(table, query, where, POOL)]
-        keyword = [(c, raw) for c, _, raw in retriever._keyword_hits(table, s.query, where, POOL)]
-        ids = list(dict.fromkeys([c for c, _ in vector] + [c for c, _ in keyword]))
+        table, where, query, vector, keyword, ids = two_legs(retriever, embedder, item)
         rows = {r["chunk_id"]: r for r in table.search().where(where).select(["chunk_id", "text", "line"])
                 .limit(5000).to_list() if r["chunk_id"] in ids}
         legs = {}

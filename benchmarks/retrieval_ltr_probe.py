@@ -40,6 +40,21 @@ FEATURE_SETS = {"fused only": 2, "scores+ranks": 9, "+document": 12, "+router": 
                 "all (+document type)": 18 + len(DOC_TYPES)}
 
 
+def two_legs(retriever, embedder, item: EvalItem) -> tuple:
+    """What the retriever's hybrid search sees for one question: (table, where, query vector, vector leg, keyword
+    leg, the candidates' ids in order); each leg is [(chunk id, raw score)], its top POOL."""
+    s = resolve_search(item.question, tenant=item.tenant, k=10, filters=SearchFilters(as_of=item.as_of),
+                       alpha=0.5, mode="hybrid")
+    table = retriever._open(s.tenant)
+    retriever._ensure_indexes(table)
+    where = _where(s)
+    query = embedder.encode_one(s.query)
+    vector = [(c, raw) for c, _, raw in retriever._vector_hits(table, query, where, POOL)]
+    keyword = [(c, raw) for c, _, raw in retriever._keyword_hits(table, s.query, where, POOL)]
+    ids = list(dict.fromkeys([c for c, _ in vector] + [c for c, _ in keyword]))
+    return table, where, query, vector, keyword, ids
+
+
 def candidates(items: list[EvalItem]) -> list[dict]:
     """Each question's two legs, the candidates' metadata and vectors, and the router's line probabilities."""
     retriever = make_retriever("lancedb", store_path=Path(tempfile.mkdtemp()))
@@ -49,15 +64,7 @@ def candidates(items: list[EvalItem]) -> list[dict]:
     router.second = None  # the first stage's probabilities, as when this probe was run (session 6)
     out = []
     for item in items:
-        s = resolve_search(item.question, tenant=item.tenant, k=10, filters=SearchFilters(as_of=item.as_of),
-                           alpha=0.5, mode="hybrid")
-        table = retriever._open(s.tenant)
-        retriever._ensure_indexes(table)
-        where = _where(s)
-        query = embedder.encode_one(s.query)
-        vector = [(c, raw) for c, _, raw in retriever._vector_hits(table, query, where, POOL)]
-        keyword = [(c, raw) for c, _, raw in retriever._keyword_hits(table, s.query, where, POOL)]
-        ids = list(dict.fromkeys([c for c, _ in vector] + [c for c, _ in keyword]))
+        table, where, query, vector, keyword, ids = two_legs(retriever, embedder, item)
         rows = (table.search(query.tolist(), query_type="vector", vector_column_name="vector")
                 .distance_type("cosine").where(where, prefilter=True)
                 .select(["chunk_id", "vector", "doc_id", "doc_type", "line", "section", "title", "ordinal"])

@@ -39,11 +39,9 @@ def make_retriever(
                 "the weaviate retriever needs weaviate_url (e.g. http://127.0.0.1:8080); "
                 "set DOMAINROUTE_WEAVIATE_URL or weaviate_url in domainroute.toml"
             )
-        from domainroute.retrievers.weaviate_store import WeaviateRetriever
+        from domainroute.retrievers.weaviate_store import DEFAULT_COLLECTION, WeaviateRetriever
 
-        if weaviate_collection:
-            return WeaviateRetriever(weaviate_url, embedder=embedder, collection=weaviate_collection)
-        return WeaviateRetriever(weaviate_url, embedder=embedder)
+        return WeaviateRetriever(weaviate_url, embedder=embedder, collection=weaviate_collection or DEFAULT_COLLECTION)
     raise ConfigError(f"unknown retriever backend {backend!r}; known: {', '.join(BACKENDS)}")
 
 

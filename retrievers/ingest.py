@@ -22,6 +22,8 @@ from domainroute.embeddings import Embedder, default_embedder, encoder_name
 from domainroute.errors import InputError
 from domainroute.retrievers.base import Chunk, Retriever
 
+log = logging.getLogger(__name__)
+
 MAX_CHUNK_WORDS = 260
 _NAME = r"^[a-z0-9][a-z0-9_-]*$"
 
@@ -179,9 +181,6 @@ def embedding_text_of(line: str, text: str) -> str:
     return f"{line}: {text}"
 
 
-log = logging.getLogger(__name__)
-
-
 @dataclass(frozen=True)
 class IngestReport:
     documents: int
@@ -204,12 +203,12 @@ def ingest(
 
     docs = [parse_document(file) for file in find_documents(path)]
     chunked = [chunk_document(doc) for doc in docs]
-    own = getattr(retriever, "_get_embedder", None)
+    own = retriever._get_embedder() if hasattr(retriever, "_get_embedder") else None
     if embedder is None:  # the retriever's own encoder, so the vectors match what its store records
-        embedder = own() if own is not None else default_embedder()
-    elif own is not None and encoder_name(embedder) != encoder_name(own()):
+        embedder = own or default_embedder()
+    elif own is not None and encoder_name(embedder) != encoder_name(own):
         raise InputError(f"ingest embeds with {encoder_name(embedder)!r} but the retriever records "
-                         f"{encoder_name(own())!r}; pass the retriever's own encoder (or none)")
+                         f"{encoder_name(own)!r}; pass the retriever's own encoder (or none)")
     by_tenant: dict[str, list[list[Chunk]]] = {}
     bar = tqdm(total=sum(len(c) for c in chunked), unit="chunk", desc="ingest", disable=not progress)
     bulk = getattr(retriever, "upsert_documents", None)

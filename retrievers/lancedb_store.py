@@ -132,8 +132,7 @@ class LanceDBRetriever:
             table = self._open(tenant)
             if table is None:
                 table = self._db().create_table(name, schema=table_schema(dim, encoder), exist_ok=True)
-            _check_dim(table, dim)
-            _check_encoder(table, encoder, self.path)
+            _check_vectors(table, dim, encoder, self.path)
             schema = table_schema(dim)
             source = _merge_source(docs, vectors, table, schema)
             by_version: dict[int, list[str]] = {}
@@ -175,8 +174,7 @@ class LanceDBRetriever:
         pool = s.k if s.mode != "hybrid" else min(max(2 * s.k, HYBRID_POOL), 100)
         with backend_errors(failure, RetrievalUnavailableError):
             if vector is not None:  # before either leg starts: vectors of another encoder compare to nothing
-                _check_dim(table, len(vector))
-                _check_encoder(table, self._encoder_name(), self.path)
+                _check_vectors(table, len(vector), self._encoder_name(), self.path)
             self._ensure_indexes(table)
             where = _where(s)
             # the two hybrid legs run at once: LanceDB searches in native code without the GIL
@@ -204,7 +202,7 @@ class LanceDBRetriever:
         validate_tenant(tenant)
         with backend_errors(f"could not read LanceDB at {self.path}", RetrievalUnavailableError):
             table = self._open(tenant)
-            return None if table is None else _table_encoder(table)
+            return None if table is None else _table_encoder(table.schema)
 
     def reembed(self, tenant: str, *, progress: bool = False) -> int:
         """Recompute every stored vector of the tenant with this retriever's encoder (after the encoder changed:
@@ -426,25 +424,24 @@ def _where(s: ResolvedSearch) -> Expr:
     return where
 
 
-def _table_encoder(table: Table) -> str:
-    return (table.schema.metadata or {}).get(ENCODER_KEY, ENCODER_NAME.encode()).decode()
+def _table_encoder(schema: pa.Schema) -> str:
+    return (schema.metadata or {}).get(ENCODER_KEY, ENCODER_NAME.encode()).decode()
 
 
-def _check_encoder(table: Table, encoder: str, path: Path) -> None:
-    """ConfigError when the table's vectors come from another encoder than the one embedding now."""
-    stored = _table_encoder(table)
-    if stored != encoder:
-        raise ConfigError(
-            f"LanceDB table {table.name!r} in {path} holds vectors of encoder {stored!r}, but this configuration "
-            f"embeds with {encoder!r}: their similarities mean nothing to each other. Run `domainroute ingest` "
-            "(it re-embeds the stored chunks with the current encoder first)"
-        )
-
-
-def _check_dim(table: Table, dim: int) -> None:
-    stored = table.schema.field("vector").type.list_size
+def _check_vectors(table: Table, dim: int, encoder: str, path: Path) -> None:
+    """ConfigError when the table's vectors have another length, or come from another encoder than the one
+    embedding now (one schema read: every search with a vector calls this)."""
+    schema = table.schema
+    stored = schema.field("vector").type.list_size
     if stored != dim:
         raise ConfigError(
             f"vectors have {dim} dimensions but LanceDB table {table.name!r} stores {stored}: "
             "it was built with another embedder; re-ingest into a fresh store"
+        )
+    stored_encoder = _table_encoder(schema)
+    if stored_encoder != encoder:
+        raise ConfigError(
+            f"LanceDB table {table.name!r} in {path} holds vectors of encoder {stored_encoder!r}, but this "
+            f"configuration embeds with {encoder!r}: their similarities mean nothing to each other. Run "
+            "`domainroute ingest` (it re-embeds the stored chunks with the current encoder first)"
         )
